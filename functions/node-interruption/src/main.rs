@@ -1,0 +1,33 @@
+//! The node-interruption Lambda: EC2 interruption events in, cordoned and drained nodes out.
+
+use eks_remedy::access::ClusterAccess;
+use eks_remedy::aws::AwsClients;
+use eks_remedy::config::Config;
+use eks_remedy::interruption::NodeInterruption;
+use lambda_runtime::{Error, LambdaEvent, service_fn};
+use serde_json::Value;
+use tokio::time::Instant;
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    eks_remedy::telemetry::init();
+
+    // Clients, configuration and the token cache live for the whole execution environment.
+    let config = Config::from_env()?;
+    let aws = AwsClients::from_env().await;
+    let access = ClusterAccess::eks(aws.clone());
+    let handler = &NodeInterruption::new(aws, access, config);
+
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
+        let remaining = event
+            .context
+            .deadline()
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default();
+        let result = handler
+            .handle(&event.payload, Some(Instant::now() + remaining))
+            .await?;
+        Ok::<_, Error>(serde_json::to_value(result)?)
+    }))
+    .await
+}

@@ -1,0 +1,1662 @@
+//! The server: routing, authentication, the store and the built-in controllers.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use chrono::{SecondsFormat, Utc};
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use super::patch;
+use super::rbac::{Access, Rbac};
+
+/// The RBAC manifest eks-remedy ships: every test holds the functions to it.
+pub const SHIPPED_RBAC: &str = include_str!("../../../infra/k8s/rbac.yaml");
+use super::selectors::{LabelSelector, field_value, parse_fields};
+use super::status::{self, Answer};
+
+/// An authenticated user.
+#[derive(Debug, Clone, PartialEq)]
+pub struct User {
+    pub name: String,
+    pub groups: Vec<String>,
+}
+
+impl User {
+    pub fn new(name: &str, groups: &[&str]) -> Self {
+        Self {
+            name: name.into(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+        }
+    }
+}
+
+/// How the server behaves.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Static bearer tokens.
+    pub tokens: HashMap<String, User>,
+    /// The user for well-formed EKS tokens (`k8s-aws-v1.` + a presigned STS URL).
+    pub eks_token_user: Option<User>,
+    /// Answer requests without a token as `system:anonymous` (403 on resources) instead of 401.
+    pub anonymous_auth: bool,
+    /// Terminating pods are removed this long after deletion (capped by their grace period);
+    /// `None` leaves them terminating for ever, as a cluster without kubelets does.
+    pub kubelet_delay: Option<Duration>,
+    /// Keep PodDisruptionBudget status current, as kube-controller-manager does.
+    pub disruption_controller: bool,
+    /// Added to every request.
+    pub latency: Duration,
+    /// RBAC for users outside `system:masters`; `None` allows every authenticated user.
+    pub rbac: Option<Arc<Rbac>>,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        let mut tokens = HashMap::new();
+        tokens.insert(
+            "admin-token".to_owned(),
+            User::new("lab-admin", &["system:masters", "system:authenticated"]),
+        );
+        Self {
+            tokens,
+            eks_token_user: Some(User::new(
+                "eks-remedy",
+                &["eks-remediators", "system:authenticated"],
+            )),
+            anonymous_auth: true,
+            kubelet_delay: Some(Duration::from_millis(50)),
+            disruption_controller: true,
+            latency: Duration::ZERO,
+            rbac: Some(Arc::new(
+                Rbac::from_yaml(SHIPPED_RBAC).expect("infra/k8s/rbac.yaml parses"),
+            )),
+        }
+    }
+}
+
+/// One request the server answered.
+#[derive(Debug, Clone)]
+pub struct RequestRecord {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub status: u16,
+    pub user: String,
+    /// Authorization header value, kept so tests can check what clients sent.
+    pub authorization: Option<String>,
+}
+
+#[derive(Default)]
+struct World {
+    objects: BTreeMap<(String, String, String), Value>,
+    rv: u64,
+    /// When a terminating pod is to be removed by the simulated kubelet.
+    removals: HashMap<(String, String), Instant>,
+}
+
+struct Shared {
+    world: Mutex<World>,
+    options: Mutex<ServerOptions>,
+    log: Mutex<Vec<RequestRecord>>,
+    evictions_in_flight: AtomicUsize,
+    max_evictions_in_flight: AtomicUsize,
+}
+
+/// A running test API server.
+pub struct KubeServer {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for KubeServer {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct ResourceType {
+    group: &'static str,
+    version: &'static str,
+    resource: &'static str,
+    kind: &'static str,
+    namespaced: bool,
+}
+
+const RESOURCES: &[ResourceType] = &[
+    ResourceType {
+        group: "",
+        version: "v1",
+        resource: "nodes",
+        kind: "Node",
+        namespaced: false,
+    },
+    ResourceType {
+        group: "",
+        version: "v1",
+        resource: "pods",
+        kind: "Pod",
+        namespaced: true,
+    },
+    ResourceType {
+        group: "",
+        version: "v1",
+        resource: "namespaces",
+        kind: "Namespace",
+        namespaced: false,
+    },
+    ResourceType {
+        group: "",
+        version: "v1",
+        resource: "events",
+        kind: "Event",
+        namespaced: true,
+    },
+    ResourceType {
+        group: "",
+        version: "v1",
+        resource: "persistentvolumeclaims",
+        kind: "PersistentVolumeClaim",
+        namespaced: true,
+    },
+    ResourceType {
+        group: "",
+        version: "v1",
+        resource: "persistentvolumes",
+        kind: "PersistentVolume",
+        namespaced: false,
+    },
+    ResourceType {
+        group: "",
+        version: "v1",
+        resource: "serviceaccounts",
+        kind: "ServiceAccount",
+        namespaced: true,
+    },
+    ResourceType {
+        group: "policy",
+        version: "v1",
+        resource: "poddisruptionbudgets",
+        kind: "PodDisruptionBudget",
+        namespaced: true,
+    },
+    ResourceType {
+        group: "storage.k8s.io",
+        version: "v1",
+        resource: "volumeattachments",
+        kind: "VolumeAttachment",
+        namespaced: false,
+    },
+    ResourceType {
+        group: "apps",
+        version: "v1",
+        resource: "daemonsets",
+        kind: "DaemonSet",
+        namespaced: true,
+    },
+    ResourceType {
+        group: "apps",
+        version: "v1",
+        resource: "deployments",
+        kind: "Deployment",
+        namespaced: true,
+    },
+    ResourceType {
+        group: "apps",
+        version: "v1",
+        resource: "replicasets",
+        kind: "ReplicaSet",
+        namespaced: true,
+    },
+];
+
+fn resource_for_kind(api_version: &str, kind: &str) -> Option<ResourceType> {
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    RESOURCES
+        .iter()
+        .copied()
+        .find(|r| r.kind == kind && r.group == group && r.version == version)
+}
+
+fn api_version(rt: &ResourceType) -> String {
+    if rt.group.is_empty() {
+        rt.version.to_owned()
+    } else {
+        format!("{}/{}", rt.group, rt.version)
+    }
+}
+
+fn store_key(rt: &ResourceType) -> String {
+    format!("{}/{}", rt.group, rt.resource)
+}
+
+fn now_rfc3339() -> String {
+    Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// A parsed request path.
+struct Target {
+    rt: ResourceType,
+    namespace: Option<String>,
+    name: Option<String>,
+    subresource: Option<String>,
+}
+
+fn parse_path(path: &str) -> Option<Target> {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, version, rest) = match parts.as_slice() {
+        ["api", version, rest @ ..] => ("", *version, rest),
+        ["apis", group, version, rest @ ..] => (*group, *version, rest),
+        _ => return None,
+    };
+    let (namespace, rest) = match rest {
+        ["namespaces", ns, resource, more @ ..] => (Some(ns.to_string()), {
+            let mut v = vec![*resource];
+            v.extend_from_slice(more);
+            v
+        }),
+        other => (None, other.to_vec()),
+    };
+    let resource = *rest.first()?;
+    let rt = RESOURCES
+        .iter()
+        .copied()
+        .find(|r| r.group == group && r.version == version && r.resource == resource)?;
+    if namespace.is_some() && !rt.namespaced {
+        return None;
+    }
+    if rest.len() > 3 {
+        return None;
+    }
+    Some(Target {
+        rt,
+        namespace,
+        name: rest.get(1).map(|s| s.to_string()),
+        subresource: rest.get(2).map(|s| s.to_string()),
+    })
+}
+
+fn query_map(uri: &Uri) -> HashMap<String, String> {
+    uri.query()
+        .map(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .into_owned()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+impl KubeServer {
+    /// Starts a server on 127.0.0.1 with an ephemeral port.
+    pub async fn start(options: ServerOptions) -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            world: Mutex::new(World::default()),
+            options: Mutex::new(options),
+            log: Mutex::new(Vec::new()),
+            evictions_in_flight: AtomicUsize::new(0),
+            max_evictions_in_flight: AtomicUsize::new(0),
+        });
+        let app = axum::Router::new()
+            .fallback(handle)
+            .with_state(shared.clone());
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        let controllers = {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    run_controllers(&shared);
+                }
+            })
+        };
+        Ok(Self {
+            addr,
+            shared,
+            tasks: vec![server, controllers],
+        })
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Changes the options of the running server.
+    pub fn configure(&self, f: impl FnOnce(&mut ServerOptions)) {
+        f(&mut self.shared.options.lock().unwrap());
+    }
+
+    /// Writes a kubeconfig for `token` and returns its text.
+    pub fn kubeconfig(&self, token: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: test\ncurrent-context: test\nusers:\n- name: test\n  user:\n    token: {token}\n",
+            self.url()
+        )
+    }
+
+    /// A kube client authenticated as the admin.
+    pub fn admin_client(&self) -> kube::Client {
+        let mut config = kube::Config::new(self.url().parse().expect("url"));
+        config.auth_info.token = Some("admin-token".to_owned().into());
+        kube::Client::try_from(config).expect("client")
+    }
+
+    /// Creates (or replaces) an object, filling metadata as the API server does.
+    pub fn create(&self, object: Value) -> Value {
+        let api_version = object["apiVersion"].as_str().unwrap_or("v1").to_owned();
+        let kind = object["kind"].as_str().unwrap_or_default().to_owned();
+        let rt = resource_for_kind(&api_version, &kind)
+            .unwrap_or_else(|| panic!("test server has no resource for {api_version} {kind}"));
+        let mut world = self.shared.world.lock().unwrap();
+        insert(&mut world, &rt, object)
+    }
+
+    /// Reads an object.
+    pub fn get(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Option<Value> {
+        let rt = resource_for_kind(api_version, kind)?;
+        let world = self.shared.world.lock().unwrap();
+        world
+            .objects
+            .get(&(
+                store_key(&rt),
+                namespace.unwrap_or("").to_owned(),
+                name.to_owned(),
+            ))
+            .map(|o| with_type(&rt, o.clone()))
+    }
+
+    /// Changes an object in place (bumping its resourceVersion); returns false when missing.
+    pub fn update(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: Option<&str>,
+        name: &str,
+        f: impl FnOnce(&mut Value),
+    ) -> bool {
+        let Some(rt) = resource_for_kind(api_version, kind) else {
+            return false;
+        };
+        let mut world = self.shared.world.lock().unwrap();
+        let key = (
+            store_key(&rt),
+            namespace.unwrap_or("").to_owned(),
+            name.to_owned(),
+        );
+        world.rv += 1;
+        let rv = world.rv;
+        match world.objects.get_mut(&key) {
+            Some(object) => {
+                f(object);
+                object["metadata"]["resourceVersion"] = json!(rv.to_string());
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Removes an object at once.
+    pub fn remove(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> bool {
+        let Some(rt) = resource_for_kind(api_version, kind) else {
+            return false;
+        };
+        let mut world = self.shared.world.lock().unwrap();
+        world
+            .objects
+            .remove(&(
+                store_key(&rt),
+                namespace.unwrap_or("").to_owned(),
+                name.to_owned(),
+            ))
+            .is_some()
+    }
+
+    /// Every object of a kind.
+    pub fn list(&self, api_version: &str, kind: &str) -> Vec<Value> {
+        let Some(rt) = resource_for_kind(api_version, kind) else {
+            return Vec::new();
+        };
+        let key = store_key(&rt);
+        let world = self.shared.world.lock().unwrap();
+        world
+            .objects
+            .iter()
+            .filter(|((k, _, _), _)| *k == key)
+            .map(|(_, o)| with_type(&rt, o.clone()))
+            .collect()
+    }
+
+    /// The requests answered so far.
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        self.shared.log.lock().unwrap().clone()
+    }
+
+    /// Forgets the request log and the concurrency high-water mark.
+    pub fn clear_requests(&self) {
+        self.shared.log.lock().unwrap().clear();
+        self.shared
+            .max_evictions_in_flight
+            .store(0, Ordering::SeqCst);
+    }
+
+    /// The most eviction requests that were being served at the same time.
+    pub fn max_concurrent_evictions(&self) -> usize {
+        self.shared.max_evictions_in_flight.load(Ordering::SeqCst)
+    }
+}
+
+fn with_type(rt: &ResourceType, mut object: Value) -> Value {
+    if let Some(map) = object.as_object_mut() {
+        let mut typed = serde_json::Map::new();
+        typed.insert("kind".into(), json!(rt.kind));
+        typed.insert("apiVersion".into(), json!(api_version(rt)));
+        for (k, v) in std::mem::take(map) {
+            if k != "kind" && k != "apiVersion" {
+                typed.insert(k, v);
+            }
+        }
+        *map = typed;
+    }
+    object
+}
+
+fn without_type(mut object: Value) -> Value {
+    if let Some(map) = object.as_object_mut() {
+        map.remove("kind");
+        map.remove("apiVersion");
+    }
+    object
+}
+
+fn insert(world: &mut World, rt: &ResourceType, object: Value) -> Value {
+    let mut object = without_type(object);
+    world.rv += 1;
+    let meta = object["metadata"].as_object_mut().expect("metadata");
+    meta.entry("uid")
+        .or_insert_with(|| json!(uuid::Uuid::new_v4().to_string()));
+    meta.entry("creationTimestamp")
+        .or_insert_with(|| json!(now_rfc3339()));
+    meta.insert("resourceVersion".into(), json!(world.rv.to_string()));
+    if rt.kind == "Pod"
+        || rt.kind == "Deployment"
+        || rt.kind == "DaemonSet"
+        || rt.kind == "PodDisruptionBudget"
+    {
+        meta.entry("generation").or_insert(json!(1));
+    }
+    let ns = if rt.namespaced {
+        meta.get("namespace")
+            .and_then(Value::as_str)
+            .unwrap_or("default")
+            .to_owned()
+    } else {
+        meta.remove("namespace");
+        String::new()
+    };
+    if rt.namespaced {
+        meta.insert("namespace".into(), json!(ns));
+    }
+    let name = meta["name"].as_str().unwrap_or_default().to_owned();
+    if rt.kind == "Node" {
+        normalise_node(&mut object);
+    }
+    world
+        .objects
+        .insert((store_key(rt), ns, name), object.clone());
+    with_type(rt, object)
+}
+
+fn normalise_node(node: &mut Value) {
+    if let Some(spec) = node.get_mut("spec").and_then(Value::as_object_mut) {
+        if spec.get("unschedulable") == Some(&json!(false))
+            || spec.get("unschedulable") == Some(&Value::Null)
+        {
+            spec.remove("unschedulable");
+        }
+        if spec
+            .get("taints")
+            .is_some_and(|t| t.as_array().is_some_and(|a| a.is_empty()) || t.is_null())
+        {
+            spec.remove("taints");
+        }
+    }
+}
+
+struct Request<'a> {
+    method: &'a Method,
+    target: Target,
+    query: HashMap<String, String>,
+    headers: &'a HeaderMap,
+    body: &'a Bytes,
+}
+
+async fn handle(
+    State(shared): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let latency = shared.options.lock().unwrap().latency;
+    let is_eviction = uri.path().ends_with("/eviction") && method == Method::POST;
+    if is_eviction {
+        let now = shared.evictions_in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        shared
+            .max_evictions_in_flight
+            .fetch_max(now, Ordering::SeqCst);
+    }
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    let (answer, user) = answer(&shared, &method, &uri, &headers, &body);
+    if is_eviction {
+        shared.evictions_in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+    shared.log.lock().unwrap().push(RequestRecord {
+        method: method.to_string(),
+        path: uri.path().to_owned(),
+        query: uri.query().unwrap_or_default().to_owned(),
+        status: answer.code,
+        user,
+        authorization: headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+    });
+    let mut response = if answer.body.is_string() {
+        (
+            StatusCode::from_u16(answer.code).unwrap_or(StatusCode::OK),
+            [("content-type", "text/plain; charset=utf-8")],
+            answer.body.as_str().unwrap_or_default().to_owned(),
+        )
+            .into_response()
+    } else {
+        (
+            StatusCode::from_u16(answer.code).unwrap_or(StatusCode::OK),
+            [("content-type", "application/json")],
+            answer.body.to_string(),
+        )
+            .into_response()
+    };
+    for (name, value) in answer.headers {
+        if let Ok(v) = value.parse() {
+            response.headers_mut().insert(name, v);
+        }
+    }
+    response
+}
+
+fn authenticate(options: &ServerOptions, headers: &HeaderMap) -> Result<User, Answer> {
+    let Some(auth) = headers.get("authorization").and_then(|v| v.to_str().ok()) else {
+        return if options.anonymous_auth {
+            Ok(User::new("system:anonymous", &["system:unauthenticated"]))
+        } else {
+            Err(status::unauthorized())
+        };
+    };
+    let token = auth
+        .strip_prefix("Bearer ")
+        .ok_or_else(status::unauthorized)?;
+    if let Some(user) = options.tokens.get(token) {
+        return Ok(user.clone());
+    }
+    if let (Some(user), Some(encoded)) =
+        (&options.eks_token_user, token.strip_prefix("k8s-aws-v1."))
+        && valid_eks_token(encoded)
+    {
+        return Ok(user.clone());
+    }
+    Err(status::unauthorized())
+}
+
+/// What the aws-iam-authenticator checks before it calls STS: base64url of an https URL to a
+/// regional STS host, GetCallerIdentity, signed headers exactly `host;x-k8s-aws-id`, and an
+/// X-Amz-Date no older than 15 minutes.
+fn valid_eks_token(encoded: &str) -> bool {
+    let Ok(bytes) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(encoded) else {
+        return false;
+    };
+    let Ok(text) = String::from_utf8(bytes) else {
+        return false;
+    };
+    let Ok(url) = url::Url::parse(&text) else {
+        return false;
+    };
+    let host_ok = url.scheme() == "https"
+        && url
+            .host_str()
+            .is_some_and(|h| h.starts_with("sts.") && h.ends_with(".amazonaws.com"));
+    let q: HashMap<String, String> = url.query_pairs().into_owned().collect();
+    let fresh = q
+        .get("X-Amz-Date")
+        .and_then(|d| chrono::NaiveDateTime::parse_from_str(d, "%Y%m%dT%H%M%SZ").ok())
+        .is_some_and(|d| (Utc::now().naive_utc() - d) < chrono::TimeDelta::minutes(15));
+    host_ok
+        && fresh
+        && q.get("Action").map(String::as_str) == Some("GetCallerIdentity")
+        && q.get("X-Amz-SignedHeaders").map(String::as_str) == Some("host;x-k8s-aws-id")
+        && q.contains_key("X-Amz-Signature")
+}
+
+fn answer(
+    shared: &Shared,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> (Answer, String) {
+    let options = shared.options.lock().unwrap().clone();
+    let user = match authenticate(&options, headers) {
+        Ok(u) => u,
+        Err(a) => return (a, String::new()),
+    };
+    let name = user.name.clone();
+    let path = uri.path();
+    match path {
+        "/version" => {
+            return (
+                Answer::ok(
+                    json!({"major": "1", "minor": "36", "emulationMajor": "1", "emulationMinor": "36", "minCompatibilityMajor": "1", "minCompatibilityMinor": "35", "gitVersion": "v1.36.2", "gitCommit": "test-server", "gitTreeState": "clean", "buildDate": now_rfc3339(), "goVersion": "go1.26.4", "compiler": "gc", "platform": "linux/amd64"}),
+                ),
+                name,
+            );
+        }
+        "/readyz" | "/livez" | "/healthz" => return (Answer::with(200, json!("ok")), name),
+        _ => {}
+    }
+    let Some(target) = parse_path(path) else {
+        return (status::unknown_path(), name);
+    };
+    let verb = verb_for(method, &target);
+    let allowed = user.name != "system:anonymous"
+        && options.rbac.as_ref().is_none_or(|rbac| {
+            rbac.allows(
+                &user,
+                &Access {
+                    verb,
+                    group: target.rt.group,
+                    resource: target.rt.resource,
+                    subresource: target.subresource.as_deref().unwrap_or(""),
+                    namespace: target.namespace.as_deref(),
+                    name: target.name.as_deref(),
+                },
+            )
+        });
+    if !allowed {
+        return (
+            status::forbidden(
+                &user.name,
+                verb,
+                target.rt.resource,
+                target.subresource.as_deref().unwrap_or(""),
+                target.rt.group,
+                target.namespace.as_deref(),
+                target.name.as_deref(),
+            ),
+            name,
+        );
+    }
+    let request = Request {
+        method,
+        target,
+        query: query_map(uri),
+        headers,
+        body,
+    };
+    let mut world = shared.world.lock().unwrap();
+    (route(&mut world, &options, request), name)
+}
+
+fn verb_for(method: &Method, target: &Target) -> &'static str {
+    match (method.as_str(), target.name.is_some()) {
+        ("GET", false) => "list",
+        ("GET", true) => "get",
+        ("POST", _) => "create",
+        ("PATCH", _) => "patch",
+        ("PUT", _) => "update",
+        ("DELETE", _) => "delete",
+        _ => "get",
+    }
+}
+
+fn route(world: &mut World, options: &ServerOptions, req: Request<'_>) -> Answer {
+    let rt = req.target.rt;
+    let ns = req.target.namespace.clone();
+    match (
+        req.method.as_str(),
+        req.target.name.clone(),
+        req.target.subresource.clone(),
+    ) {
+        ("GET", None, None) => list(world, &rt, ns.as_deref(), &req.query),
+        ("GET", Some(name), None) => get(world, &rt, ns.as_deref(), &name),
+        ("PATCH", Some(name), None) => patch_object(world, &rt, ns.as_deref(), &name, &req),
+        ("PUT", Some(name), None) => put_object(world, &rt, ns.as_deref(), &name, &req),
+        ("DELETE", Some(name), None) => {
+            delete_object(world, options, &rt, ns.as_deref(), &name, &req)
+        }
+        ("POST", None, None) => create_object(world, &rt, ns.as_deref(), &req),
+        ("POST", Some(name), Some(sub)) if rt.kind == "Pod" && sub == "eviction" => evict(
+            world,
+            options,
+            ns.as_deref().unwrap_or("default"),
+            &name,
+            &req,
+        ),
+        _ => Answer::with(
+            405,
+            json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": "the server does not allow this method on the requested resource", "reason": "MethodNotAllowed", "details": {}, "code": 405}),
+        ),
+    }
+}
+
+fn key(rt: &ResourceType, ns: Option<&str>, name: &str) -> (String, String, String) {
+    (store_key(rt), ns.unwrap_or("").to_owned(), name.to_owned())
+}
+
+fn get(world: &World, rt: &ResourceType, ns: Option<&str>, name: &str) -> Answer {
+    match world.objects.get(&key(rt, ns, name)) {
+        Some(o) => Answer::ok(with_type(rt, o.clone())),
+        None => status::not_found(rt.resource, rt.group, name),
+    }
+}
+
+/// Field labels each resource supports, with the legacy aliases kube-apiserver accepts.
+fn field_label(rt: &ResourceType, field: &str) -> Result<String, String> {
+    let supported: &[&str] = match rt.kind {
+        "Node" => &["metadata.name", "spec.unschedulable"],
+        "Pod" => &[
+            "metadata.name",
+            "metadata.namespace",
+            "spec.nodeName",
+            "spec.restartPolicy",
+            "spec.schedulerName",
+            "spec.serviceAccountName",
+            "spec.hostNetwork",
+            "status.phase",
+            "status.podIP",
+            "status.nominatedNodeName",
+        ],
+        "Event" => &[
+            "metadata.name",
+            "metadata.namespace",
+            "involvedObject.kind",
+            "involvedObject.namespace",
+            "involvedObject.name",
+            "involvedObject.uid",
+            "involvedObject.apiVersion",
+            "involvedObject.resourceVersion",
+            "involvedObject.fieldPath",
+            "reason",
+            "reportingComponent",
+            "source",
+            "type",
+        ],
+        "VolumeAttachment" => {
+            return if matches!(field, "metadata.name" | "metadata.namespace") {
+                Ok(field.to_owned())
+            } else {
+                Err(format!(
+                    "\"{field}\" is not a known field selector: only \"metadata.name\", \"metadata.namespace\""
+                ))
+            };
+        }
+        _ => &["metadata.name", "metadata.namespace"],
+    };
+    let field = if rt.kind == "Pod" && field == "spec.host" {
+        "spec.nodeName"
+    } else {
+        field
+    };
+    if supported.contains(&field) {
+        Ok(field.to_owned())
+    } else {
+        Err(format!("field label not supported: {field}"))
+    }
+}
+
+fn list(
+    world: &World,
+    rt: &ResourceType,
+    ns: Option<&str>,
+    query: &HashMap<String, String>,
+) -> Answer {
+    let labels =
+        match LabelSelector::parse(query.get("labelSelector").map(String::as_str).unwrap_or("")) {
+            Ok(s) => s,
+            Err(e) => return status::bad_request(&e),
+        };
+    let fields = match parse_fields(query.get("fieldSelector").map(String::as_str).unwrap_or("")) {
+        Ok(f) => f,
+        Err(e) => return status::bad_request(&e),
+    };
+    let mut resolved = Vec::new();
+    for f in &fields {
+        match field_label(rt, &f.field) {
+            Ok(field) => resolved.push((field, f.value.clone(), f.negated)),
+            Err(e) => return status::bad_request(&e),
+        }
+    }
+    let limit: usize = query.get("limit").and_then(|l| l.parse().ok()).unwrap_or(0);
+    let start_after = match query.get("continue").filter(|c| !c.is_empty()) {
+        Some(token) => match decode_continue(token) {
+            Some(s) => Some(s),
+            None => {
+                return status::bad_request(
+                    "invalid continue token: continue key is not valid: invalid character looking for beginning of value",
+                );
+            }
+        },
+        None => None,
+    };
+
+    let store = store_key(rt);
+    let empty = serde_json::Map::new();
+    let mut matched: Vec<(String, Value)> = world
+        .objects
+        .iter()
+        .filter(|((k, n, _), _)| *k == store && ns.is_none_or(|ns| ns == n))
+        .filter(|(_, o)| labels.matches(o["metadata"]["labels"].as_object().unwrap_or(&empty)))
+        .filter(|(_, o)| {
+            resolved.iter().all(|(field, value, negated)| {
+                let actual = match (rt.kind, field.as_str()) {
+                    ("Node", "spec.unschedulable") => o["spec"]["unschedulable"]
+                        .as_bool()
+                        .unwrap_or(false)
+                        .to_string(),
+                    _ => field_value(o, field),
+                };
+                (actual == *value) != *negated
+            })
+        })
+        .map(|((_, n, name), o)| (format!("{n}/{name}"), o.clone()))
+        .collect();
+    matched.sort_by(|a, b| a.0.cmp(&b.0));
+    if let Some(start) = &start_after {
+        matched.retain(|(k, _)| k > start);
+    }
+    let mut continue_token = None;
+    let mut remaining = None;
+    if limit > 0 && matched.len() > limit {
+        let rest = matched.len() - limit;
+        matched.truncate(limit);
+        continue_token = matched.last().map(|(k, _)| encode_continue(k, world.rv));
+        if fields.is_empty() && query.get("labelSelector").is_none_or(|l| l.is_empty()) {
+            remaining = Some(rest);
+        }
+    }
+    let mut metadata = json!({"resourceVersion": world.rv.to_string()});
+    if let Some(c) = continue_token {
+        metadata["continue"] = json!(c);
+    }
+    if let Some(r) = remaining {
+        metadata["remainingItemCount"] = json!(r);
+    }
+    Answer::ok(json!({
+        "kind": format!("{}List", rt.kind),
+        "apiVersion": api_version(rt),
+        "metadata": metadata,
+        "items": matched.into_iter().map(|(_, o)| o).collect::<Vec<_>>(),
+    }))
+}
+
+fn encode_continue(start: &str, rv: u64) -> String {
+    base64::engine::general_purpose::STANDARD.encode(
+        json!({"v": "meta.k8s.io/v1", "rv": rv, "start": format!("{start}\u{0}")}).to_string(),
+    )
+}
+
+fn decode_continue(token: &str) -> Option<String> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(token)
+        .ok()?;
+    let value: Value = serde_json::from_slice(&bytes).ok()?;
+    value["start"]
+        .as_str()
+        .map(|s| s.trim_end_matches('\u{0}').to_owned())
+}
+
+fn content_type(headers: &HeaderMap) -> String {
+    headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_owned()
+}
+
+fn dry_run(query: &HashMap<String, String>) -> bool {
+    query.get("dryRun").is_some_and(|v| v == "All")
+}
+
+fn patch_object(
+    world: &mut World,
+    rt: &ResourceType,
+    ns: Option<&str>,
+    name: &str,
+    req: &Request<'_>,
+) -> Answer {
+    let ct = content_type(req.headers);
+    if !matches!(
+        ct.as_str(),
+        "application/merge-patch+json"
+            | "application/strategic-merge-patch+json"
+            | "application/json-patch+json"
+    ) {
+        return status::failure(
+            415,
+            "UnsupportedMediaType",
+            "415: Unsupported Media Type",
+            Some(json!({})),
+        );
+    }
+    let k = key(rt, ns, name);
+    let Some(current) = world.objects.get(&k).cloned() else {
+        return status::not_found(rt.resource, rt.group, name);
+    };
+    let patch_doc: Value = match serde_json::from_slice(req.body) {
+        Ok(v) => v,
+        Err(e) => return status::bad_request(&format!("error decoding patch: {e}")),
+    };
+    let mut updated = with_type(rt, current.clone());
+    match ct.as_str() {
+        "application/json-patch+json" => {
+            if patch::json(&mut updated, &patch_doc).is_err() {
+                return status::patch_rejected();
+            }
+        }
+        other => {
+            if let Some(rv) = patch_doc
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+                && Some(rv) != current["metadata"]["resourceVersion"].as_str()
+            {
+                return status::conflict_modified(rt.resource, rt.group, name);
+            }
+            if other == "application/merge-patch+json" {
+                patch::merge(&mut updated, &patch_doc);
+            } else {
+                patch::strategic(&mut updated, &patch_doc);
+            }
+        }
+    }
+    commit_update(world, rt, &k, current, updated, dry_run(&req.query))
+}
+
+fn commit_update(
+    world: &mut World,
+    rt: &ResourceType,
+    k: &(String, String, String),
+    current: Value,
+    updated: Value,
+    dry: bool,
+) -> Answer {
+    let name = k.2.clone();
+    let mut updated = without_type(updated);
+    if rt.kind == "Node" {
+        normalise_node(&mut updated);
+        if let Err(answer) = validate_node(&name, &updated) {
+            return answer;
+        }
+    }
+    if updated["metadata"]["name"] != current["metadata"]["name"]
+        || updated["metadata"]["uid"] != current["metadata"]["uid"]
+    {
+        return status::bad_request("metadata.name and metadata.uid cannot be changed");
+    }
+    // Keep the server-owned fields, then compare: a no-op write keeps the resourceVersion.
+    updated["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
+    if updated == current {
+        return Answer::ok(with_type(rt, current));
+    }
+    if matches!(rt.kind, "Deployment" | "DaemonSet") && updated["spec"] != current["spec"] {
+        let generation = current["metadata"]["generation"].as_i64().unwrap_or(1);
+        updated["metadata"]["generation"] = json!(generation + 1);
+    }
+    if dry {
+        return Answer::ok(with_type(rt, updated));
+    }
+    world.rv += 1;
+    updated["metadata"]["resourceVersion"] = json!(world.rv.to_string());
+    world.objects.insert(k.clone(), updated.clone());
+    Answer::ok(with_type(rt, updated))
+}
+
+fn validate_node(name: &str, node: &Value) -> Result<(), Answer> {
+    if node
+        .pointer("/spec/unschedulable")
+        .is_some_and(|v| !v.is_boolean())
+    {
+        return Err(status::invalid(
+            "Node",
+            name,
+            vec![(
+                "FieldValueInvalid".into(),
+                "spec.unschedulable".into(),
+                "Invalid value: must be a boolean".into(),
+            )],
+        ));
+    }
+    let Some(taints) = node.pointer("/spec/taints").and_then(Value::as_array) else {
+        return Ok(());
+    };
+    let mut causes = Vec::new();
+    let mut seen = HashSet::new();
+    for (i, t) in taints.iter().enumerate() {
+        let effect = t["effect"].as_str().unwrap_or_default();
+        if !matches!(effect, "NoSchedule" | "PreferNoSchedule" | "NoExecute") {
+            let msg = format!(
+                "Unsupported value: \"{effect}\": supported values: \"NoSchedule\", \"PreferNoSchedule\", \"NoExecute\""
+            );
+            for _ in 0..2 {
+                causes.push((
+                    "FieldValueNotSupported".to_owned(),
+                    format!("metadata.taints[{i}].effect"),
+                    msg.clone(),
+                ));
+            }
+        }
+        if !seen.insert((
+            t["key"].as_str().unwrap_or_default().to_owned(),
+            effect.to_owned(),
+        )) {
+            let msg = format!(
+                "Duplicate value: {{\"Key\":{},\"Value\":{},\"Effect\":{},\"TimeAdded\":null}}: taints must be unique by key and effect pair",
+                t["key"],
+                t.get("value").cloned().unwrap_or(json!("")),
+                t["effect"]
+            );
+            for _ in 0..2 {
+                causes.push((
+                    "FieldValueDuplicate".to_owned(),
+                    format!("metadata.taints[{i}]"),
+                    msg.clone(),
+                ));
+            }
+        }
+    }
+    if causes.is_empty() {
+        Ok(())
+    } else {
+        Err(status::invalid("Node", name, causes))
+    }
+}
+
+fn put_object(
+    world: &mut World,
+    rt: &ResourceType,
+    ns: Option<&str>,
+    name: &str,
+    req: &Request<'_>,
+) -> Answer {
+    let k = key(rt, ns, name);
+    let Some(current) = world.objects.get(&k).cloned() else {
+        return status::not_found(rt.resource, rt.group, name);
+    };
+    let mut body: Value = match serde_json::from_slice(req.body) {
+        Ok(v) => v,
+        Err(e) => return status::bad_request(&format!("error decoding body: {e}")),
+    };
+    match body
+        .pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+    {
+        Some(rv) if Some(rv) != current["metadata"]["resourceVersion"].as_str() => {
+            return status::conflict_modified(rt.resource, rt.group, name);
+        }
+        _ => {}
+    }
+    body["metadata"]["uid"] = current["metadata"]["uid"].clone();
+    body["metadata"]["creationTimestamp"] = current["metadata"]["creationTimestamp"].clone();
+    commit_update(world, rt, &k, current, body, dry_run(&req.query))
+}
+
+fn create_object(
+    world: &mut World,
+    rt: &ResourceType,
+    ns: Option<&str>,
+    req: &Request<'_>,
+) -> Answer {
+    let mut body: Value = match serde_json::from_slice(req.body) {
+        Ok(v) => v,
+        Err(e) => return status::bad_request(&format!("error decoding body: {e}")),
+    };
+    let name = body
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    if let Some(ns) = ns {
+        body["metadata"]["namespace"] = json!(ns);
+    }
+    if world.objects.contains_key(&key(rt, ns, &name)) {
+        return status::failure(
+            409,
+            "AlreadyExists",
+            &format!(
+                "{} \"{name}\" already exists",
+                status::qualified(rt.resource, rt.group)
+            ),
+            Some(json!({"name": name, "group": rt.group, "kind": rt.resource})),
+        );
+    }
+    let created = insert(world, rt, body);
+    Answer::with(201, created)
+}
+
+/// `DeleteOptions` from the body or the query.
+fn delete_options(req: &Request<'_>) -> Value {
+    let mut options: Value = serde_json::from_slice(req.body).unwrap_or_else(|_| json!({}));
+    if let Some(g) = req
+        .query
+        .get("gracePeriodSeconds")
+        .and_then(|g| g.parse::<i64>().ok())
+    {
+        options["gracePeriodSeconds"] = json!(g);
+    }
+    options
+}
+
+fn precondition_failure(kind: &str, name: &str, what: &str, wanted: &str, actual: &str) -> Answer {
+    let (field, label) = if what == "uid" {
+        ("UID", "UID")
+    } else {
+        ("ResourceVersion", "ResourceVersion")
+    };
+    let _ = field;
+    status::failure(
+        409,
+        "Conflict",
+        &format!(
+            "Operation cannot be fulfilled on {kind} \"{name}\": the {label} in the precondition ({wanted}) does not match the {label} in record ({actual}). The object might have been deleted and then recreated"
+        ),
+        Some(json!({"name": name, "kind": kind})),
+    )
+}
+
+fn check_preconditions(
+    kind: &str,
+    name: &str,
+    object: &Value,
+    options: &Value,
+) -> Result<(), Answer> {
+    if let Some(uid) = options
+        .pointer("/preconditions/uid")
+        .and_then(Value::as_str)
+    {
+        let actual = object["metadata"]["uid"].as_str().unwrap_or_default();
+        if uid != actual {
+            return Err(precondition_failure(kind, name, "uid", uid, actual));
+        }
+    }
+    if let Some(rv) = options
+        .pointer("/preconditions/resourceVersion")
+        .and_then(Value::as_str)
+    {
+        let actual = object["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or_default();
+        if rv != actual {
+            return Err(precondition_failure(
+                kind,
+                name,
+                "resourceVersion",
+                rv,
+                actual,
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn delete_object(
+    world: &mut World,
+    options: &ServerOptions,
+    rt: &ResourceType,
+    ns: Option<&str>,
+    name: &str,
+    req: &Request<'_>,
+) -> Answer {
+    let k = key(rt, ns, name);
+    let Some(current) = world.objects.get(&k).cloned() else {
+        return status::not_found(rt.resource, rt.group, name);
+    };
+    let delete = delete_options(req);
+    if let Err(a) = check_preconditions(rt.kind, name, &current, &delete) {
+        return a;
+    }
+    let dry = dry_run(&req.query);
+    if rt.kind == "Pod" {
+        let grace = delete["gracePeriodSeconds"].as_i64();
+        let (answer, _) = terminate_pod(world, options, &k, grace, dry, None);
+        return answer;
+    }
+    let has_finalizers = current["metadata"]["finalizers"]
+        .as_array()
+        .is_some_and(|f| !f.is_empty());
+    if dry {
+        return Answer::ok(with_type(rt, current));
+    }
+    if has_finalizers {
+        let mut updated = current.clone();
+        if updated["metadata"]["deletionTimestamp"].is_null() {
+            world.rv += 1;
+            updated["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
+            updated["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+            updated["metadata"]["resourceVersion"] = json!(world.rv.to_string());
+            world.objects.insert(k, updated.clone());
+        }
+        return Answer::ok(with_type(rt, updated));
+    }
+    world.objects.remove(&k);
+    Answer::ok(with_type(rt, current))
+}
+
+/// Starts a pod's graceful termination, or removes it at once with grace 0 or when it was never
+/// scheduled. Returns the answer (the pod) and whether the pod is gone.
+fn terminate_pod(
+    world: &mut World,
+    options: &ServerOptions,
+    k: &(String, String, String),
+    grace: Option<i64>,
+    dry: bool,
+    condition: Option<Value>,
+) -> (Answer, bool) {
+    let rt = RESOURCES[1];
+    let current = world.objects.get(k).cloned().expect("pod exists");
+    let scheduled = current
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .is_some_and(|n| !n.is_empty());
+    let grace = grace.unwrap_or_else(|| {
+        current
+            .pointer("/spec/terminationGracePeriodSeconds")
+            .and_then(Value::as_i64)
+            .unwrap_or(30)
+    });
+    let finished = matches!(
+        current.pointer("/status/phase").and_then(Value::as_str),
+        Some("Succeeded" | "Failed")
+    );
+    if dry {
+        return (Answer::ok(with_type(&rt, current)), false);
+    }
+    if grace == 0 || !scheduled || finished {
+        world.objects.remove(k);
+        world.removals.remove(&(k.1.clone(), k.2.clone()));
+        pod_gone(world, &current);
+        return (Answer::ok(with_type(&rt, current)), true);
+    }
+    if !current["metadata"]["deletionTimestamp"].is_null() {
+        return (Answer::ok(with_type(&rt, current)), false);
+    }
+    let mut updated = current.clone();
+    world.rv += 1;
+    let at = Utc::now() + chrono::TimeDelta::seconds(grace);
+    updated["metadata"]["deletionTimestamp"] = json!(at.to_rfc3339_opts(SecondsFormat::Secs, true));
+    updated["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
+    updated["metadata"]["resourceVersion"] = json!(world.rv.to_string());
+    let generation = updated["metadata"]["generation"].as_i64().unwrap_or(1);
+    updated["metadata"]["generation"] = json!(generation + 1);
+    if let Some(condition) = condition {
+        let conditions = updated["status"]["conditions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let mut conditions: Vec<Value> = conditions
+            .into_iter()
+            .filter(|c| c["type"] != condition["type"])
+            .collect();
+        conditions.push(condition);
+        updated["status"]["conditions"] = json!(conditions);
+    }
+    world.objects.insert(k.clone(), updated.clone());
+    if let Some(delay) = options.kubelet_delay {
+        let wait = delay.min(Duration::from_secs(grace.max(0) as u64));
+        world
+            .removals
+            .insert((k.1.clone(), k.2.clone()), Instant::now() + wait);
+    }
+    (Answer::ok(with_type(&rt, updated)), false)
+}
+
+/// What happens in the cluster once a pod is gone: the attach/detach controller detaches the
+/// volumes its claims used on that node.
+fn pod_gone(world: &mut World, pod: &Value) {
+    let node = pod
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let ns = pod
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let claims: Vec<String> = pod
+        .pointer("/spec/volumes")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|v| {
+            v.pointer("/persistentVolumeClaim/claimName")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+        .collect();
+    if claims.is_empty() || node.is_empty() {
+        return;
+    }
+    let pvs: HashSet<String> = claims
+        .iter()
+        .filter_map(|c| {
+            world
+                .objects
+                .get(&("/persistentvolumeclaims".to_owned(), ns.clone(), c.clone()))
+        })
+        .filter_map(|pvc| {
+            pvc.pointer("/spec/volumeName")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+        .collect();
+    world.objects.retain(|(k, _, _), va| {
+        !(k == "storage.k8s.io/volumeattachments"
+            && va.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node.as_str())
+            && va
+                .pointer("/spec/source/persistentVolumeName")
+                .and_then(Value::as_str)
+                .is_some_and(|pv| pvs.contains(pv)))
+    });
+}
+
+fn run_controllers(shared: &Shared) {
+    let disruption = shared.options.lock().unwrap().disruption_controller;
+    let mut world = shared.world.lock().unwrap();
+    let now = Instant::now();
+    let due: Vec<(String, String)> = world
+        .removals
+        .iter()
+        .filter(|(_, at)| **at <= now)
+        .map(|(k, _)| k.clone())
+        .collect();
+    for (ns, name) in due {
+        world.removals.remove(&(ns.clone(), name.clone()));
+        if let Some(pod) = world.objects.remove(&("/pods".to_owned(), ns, name)) {
+            pod_gone(&mut world, &pod);
+        }
+    }
+    if disruption {
+        update_pdb_status(&mut world);
+    }
+}
+
+fn pod_healthy(pod: &Value) -> bool {
+    pod["metadata"]["deletionTimestamp"].is_null()
+        && pod.pointer("/status/phase").and_then(Value::as_str) == Some("Running")
+        && pod
+            .pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            })
+}
+
+fn selected_pods<'a>(world: &'a World, pdb: &Value, ns: &str) -> Vec<&'a Value> {
+    let selector = selector_of(pdb);
+    let empty = serde_json::Map::new();
+    world
+        .objects
+        .iter()
+        .filter(|((k, n, _), _)| k == "/pods" && n == ns)
+        .filter(|(_, p)| {
+            selector
+                .as_ref()
+                .is_some_and(|s| s.matches(p["metadata"]["labels"].as_object().unwrap_or(&empty)))
+        })
+        .map(|(_, p)| p)
+        .collect()
+}
+
+fn selector_of(pdb: &Value) -> Option<LabelSelector> {
+    let sel = pdb.pointer("/spec/selector")?;
+    let mut parts: Vec<String> = sel["matchLabels"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+        .collect();
+    for expr in sel["matchExpressions"].as_array().into_iter().flatten() {
+        let values: Vec<&str> = expr["values"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        let key = expr["key"].as_str().unwrap_or_default();
+        parts.push(match expr["operator"].as_str().unwrap_or_default() {
+            "In" => format!("{key} in ({})", values.join(",")),
+            "NotIn" => format!("{key} notin ({})", values.join(",")),
+            "Exists" => key.to_owned(),
+            _ => format!("!{key}"),
+        });
+    }
+    LabelSelector::parse(&parts.join(",")).ok()
+}
+
+fn int_or_percent(value: &Value, total: i64) -> Option<i64> {
+    match value {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s
+            .strip_suffix('%')
+            .and_then(|p| p.parse::<i64>().ok())
+            .map(|p| (p * total + 99) / 100),
+        _ => None,
+    }
+}
+
+fn update_pdb_status(world: &mut World) {
+    let pdbs: Vec<((String, String, String), Value)> = world
+        .objects
+        .iter()
+        .filter(|((k, _, _), _)| k == "policy/poddisruptionbudgets")
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    for (k, pdb) in pdbs {
+        let pods = selected_pods(world, &pdb, &k.1);
+        let expected = pods
+            .iter()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .count() as i64;
+        let healthy = pods.iter().filter(|p| pod_healthy(p)).count() as i64;
+        let desired = if let Some(min) = pdb.pointer("/spec/minAvailable") {
+            int_or_percent(min, expected).unwrap_or(0)
+        } else if let Some(max) = pdb.pointer("/spec/maxUnavailable") {
+            expected - int_or_percent(max, expected).unwrap_or(0)
+        } else {
+            expected
+        };
+        let allowed = (healthy - desired).max(0);
+        let generation = pdb["metadata"]["generation"].as_i64().unwrap_or(1);
+        let mut updated = pdb.clone();
+        updated["status"]["currentHealthy"] = json!(healthy);
+        updated["status"]["desiredHealthy"] = json!(desired);
+        updated["status"]["expectedPods"] = json!(expected);
+        updated["status"]["disruptionsAllowed"] = json!(allowed);
+        updated["status"]["observedGeneration"] = json!(generation);
+        if updated != pdb {
+            world.rv += 1;
+            updated["metadata"]["resourceVersion"] = json!(world.rv.to_string());
+            world.objects.insert(k, updated);
+        }
+    }
+}
+
+fn evict(
+    world: &mut World,
+    options: &ServerOptions,
+    ns: &str,
+    name: &str,
+    req: &Request<'_>,
+) -> Answer {
+    let body: Value = serde_json::from_slice(req.body).unwrap_or_else(|_| json!({}));
+    let kind = body["kind"].as_str().unwrap_or("Eviction");
+    if kind != "Eviction" && !body["kind"].is_null() {
+        return status::bad_request(&format!(
+            "{kind} in version \"{}\" cannot be handled as a Eviction: converting (v1.{kind}) to (policy.Eviction): unknown conversion",
+            body["apiVersion"]
+                .as_str()
+                .unwrap_or("v1")
+                .rsplit('/')
+                .next()
+                .unwrap_or("v1")
+        ));
+    }
+    if body.pointer("/metadata/name").and_then(Value::as_str) != Some(name) {
+        return status::bad_request("name in URL does not match name in Eviction object");
+    }
+    if let Some(body_ns) = body.pointer("/metadata/namespace").and_then(Value::as_str)
+        && body_ns != ns
+    {
+        return status::bad_request(
+            "the namespace of the provided object does not match the namespace sent on the request",
+        );
+    }
+    let k = ("/pods".to_owned(), ns.to_owned(), name.to_owned());
+    let Some(pod) = world.objects.get(&k).cloned() else {
+        return status::not_found("pods", "", name);
+    };
+    let delete = body
+        .get("deleteOptions")
+        .cloned()
+        .unwrap_or_else(|| json!({}));
+    if let Err(a) = check_preconditions("Pod", name, &pod, &delete) {
+        return a;
+    }
+    let dry = dry_run(&req.query);
+    if !pod["metadata"]["deletionTimestamp"].is_null() {
+        return status::success(201);
+    }
+    let scheduled = pod
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .is_some_and(|n| !n.is_empty());
+    let finished = matches!(
+        pod.pointer("/status/phase").and_then(Value::as_str),
+        Some("Succeeded" | "Failed")
+    );
+    if scheduled && !finished {
+        let empty = serde_json::Map::new();
+        let labels = pod["metadata"]["labels"].as_object().unwrap_or(&empty);
+        let pdbs: Vec<((String, String, String), Value)> = world
+            .objects
+            .iter()
+            .filter(|((kk, n, _), p)| {
+                kk == "policy/poddisruptionbudgets"
+                    && n == ns
+                    && selector_of(p).is_some_and(|s| s.matches(labels))
+            })
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if pdbs.len() > 1 {
+            return status::failure(
+                500,
+                "",
+                "This pod has more than one PodDisruptionBudget, which the eviction subresource does not support.",
+                None,
+            );
+        }
+        if let Some((pdb_key, pdb)) = pdbs.into_iter().next() {
+            let pdb_name = pdb_key.2.clone();
+            let generation = pdb["metadata"]["generation"].as_i64().unwrap_or(1);
+            let observed = pdb
+                .pointer("/status/observedGeneration")
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
+            let message = "Cannot evict pod as it would violate the pod's disruption budget.";
+            if observed < generation {
+                let mut answer = status::failure(
+                    429,
+                    "TooManyRequests",
+                    message,
+                    Some(
+                        json!({"causes": [{"reason": "DisruptionBudget", "message": format!("The disruption budget {pdb_name} is still being processed by the server.")}], "retryAfterSeconds": 10}),
+                    ),
+                );
+                answer.headers.push(("retry-after", "10".into()));
+                return answer;
+            }
+            let allowed = pdb
+                .pointer("/status/disruptionsAllowed")
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
+            if allowed <= 0 {
+                let desired = pdb
+                    .pointer("/status/desiredHealthy")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(0);
+                let current = pdb
+                    .pointer("/status/currentHealthy")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(0);
+                return status::failure(
+                    429,
+                    "TooManyRequests",
+                    message,
+                    Some(
+                        json!({"causes": [{"reason": "DisruptionBudget", "message": format!("The disruption budget {pdb_name} needs {desired} healthy pods and has {current} currently")}]}),
+                    ),
+                );
+            }
+            if !dry {
+                let mut updated = pdb.clone();
+                updated["status"]["disruptionsAllowed"] = json!(allowed - 1);
+                updated["status"]["disruptedPods"][name] = json!(now_rfc3339());
+                world.rv += 1;
+                updated["metadata"]["resourceVersion"] = json!(world.rv.to_string());
+                world.objects.insert(pdb_key, updated);
+            }
+        }
+    }
+    let condition = json!({"type": "DisruptionTarget", "status": "True", "lastProbeTime": null, "lastTransitionTime": now_rfc3339(), "reason": "EvictionByEvictionAPI", "message": "Eviction API: evicting"});
+    terminate_pod(
+        world,
+        options,
+        &k,
+        delete["gracePeriodSeconds"].as_i64(),
+        dry,
+        Some(condition),
+    );
+    status::success(201)
+}
