@@ -10,6 +10,8 @@ EKS_REMEDY_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 EKS_REMEDY_CACHE="${EKS_REMEDY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/eks-remedy}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$EKS_REMEDY_CACHE/target}"
 VENV="$EKS_REMEDY_CACHE/venv"
+# The venv's Python (with botocore) for tests that compare with botocore.
+export EKS_REMEDY_PYTHON="$VENV/bin/python"
 
 export AWS_EC2_METADATA_DISABLED=true
 export AWS_ACCESS_KEY_ID=testing
