@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::VolumeAttachment;
 use kube::api::{DeleteParams, ListParams, PostParams, Preconditions};
 use kube::{Api, Client};
@@ -68,6 +68,8 @@ pub struct DrainReport {
     pub volume_attachments_left: Vec<String>,
     /// Set when the drain was stopped before the end (the instance went away).
     pub stopped: bool,
+    /// Lifecycle hook heartbeats sent while draining.
+    pub lifecycle_heartbeats: u32,
 }
 
 impl DrainReport {
@@ -128,11 +130,35 @@ fn uses_empty_dir(pod: &Pod) -> bool {
         .is_some_and(|v| v.iter().any(|v| v.empty_dir.is_some()))
 }
 
-fn uses_claims(pod: &Pod) -> bool {
+/// The PersistentVolumeClaims a pod mounts, as (namespace, claim name).
+fn claims_of(pod: &Pod) -> Vec<(String, String)> {
+    let namespace = pod.metadata.namespace.clone().unwrap_or_default();
     pod.spec
         .as_ref()
         .and_then(|s| s.volumes.as_ref())
-        .is_some_and(|v| v.iter().any(|v| v.persistent_volume_claim.is_some()))
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.persistent_volume_claim.as_ref())
+        .map(|c| (namespace.clone(), c.claim_name.clone()))
+        .collect()
+}
+
+/// The PersistentVolumes bound to the claims of the pods that moved.
+async fn volumes_of(
+    client: &Client,
+    claims: &[(String, String)],
+    deadline: Instant,
+) -> Result<HashSet<String>, kube::Error> {
+    let mut volumes = HashSet::new();
+    for (namespace, name) in claims {
+        let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
+        match retrying(deadline, || api.get(name)).await {
+            Ok(claim) => volumes.extend(claim.spec.and_then(|s| s.volume_name)),
+            Err(err) if status_code(&err) == Some(404) => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(volumes)
 }
 
 /// Lists the pods on a node and sorts them into those to evict and those to leave.
@@ -333,7 +359,7 @@ pub async fn drain(
         skipped: pods.skipped,
         ..DrainReport::default()
     };
-    let had_claims = pods.to_evict.iter().any(uses_claims);
+    let claims: Vec<(String, String)> = pods.to_evict.iter().flat_map(claims_of).collect();
     let uids: BTreeMap<PodRef, Option<String>> = pods
         .to_evict
         .iter()
@@ -405,24 +431,27 @@ pub async fn drain(
     }
     report.still_terminating = waiting.into_keys().collect();
 
-    if had_claims && report.still_terminating.is_empty() && !stop.load(Ordering::Relaxed) {
+    // The replacement pods can attach these volumes only once they are detached here.
+    if !claims.is_empty() && report.still_terminating.is_empty() && !stop.load(Ordering::Relaxed) {
         let until = options
             .deadline
             .min(Instant::now() + options.volume_detach_wait);
+        let volumes = volumes_of(client, &claims, until).await?;
         report.volume_attachments_left =
-            wait_for_volume_detach(client, node, until, options.poll_interval, &stop).await?;
+            wait_for_volume_detach(client, node, &volumes, until, options.poll_interval, &stop)
+                .await?;
     }
     report.stopped = stop.load(Ordering::Relaxed);
     Ok(report)
 }
 
-/// Names of the VolumeAttachments that point at `node`. The API server cannot select them by
-/// node, so they are filtered here.
+/// The VolumeAttachments that point at `node`. The API server cannot select them by node, so
+/// they are filtered here.
 pub async fn volume_attachments_on(
     client: &Client,
     node: &str,
     deadline: Instant,
-) -> Result<Vec<String>, kube::Error> {
+) -> Result<Vec<VolumeAttachment>, kube::Error> {
     let api: Api<VolumeAttachment> = Api::all(client.clone());
     let params = ListParams::default();
     let list = retrying(deadline, || api.list(&params)).await?;
@@ -430,19 +459,30 @@ pub async fn volume_attachments_on(
         .items
         .into_iter()
         .filter(|va| va.spec.node_name == node)
-        .filter_map(|va| va.metadata.name)
         .collect())
 }
 
 async fn wait_for_volume_detach(
     client: &Client,
     node: &str,
+    volumes: &HashSet<String>,
     until: Instant,
     poll: Duration,
     stop: &AtomicBool,
 ) -> Result<Vec<String>, kube::Error> {
     loop {
-        let left = volume_attachments_on(client, node, until).await?;
+        let left: Vec<String> = volume_attachments_on(client, node, until)
+            .await?
+            .into_iter()
+            .filter(|va| {
+                va.spec
+                    .source
+                    .persistent_volume_name
+                    .as_ref()
+                    .is_some_and(|pv| volumes.contains(pv))
+            })
+            .filter_map(|va| va.metadata.name)
+            .collect();
         if left.is_empty() || Instant::now() + poll > until || stop.load(Ordering::Relaxed) {
             return Ok(left);
         }

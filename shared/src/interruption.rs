@@ -510,6 +510,12 @@ impl NodeInterruption {
                     .notes
                     .push(format!("{pod} was still terminating at the deadline"));
             }
+            if d.lifecycle_heartbeats > 0 {
+                report.notes.push(format!(
+                    "{} lifecycle heartbeats kept the instance waiting for the drain",
+                    d.lifecycle_heartbeats
+                ));
+            }
             if !d.volume_attachments_left.is_empty() {
                 report.notes.push(format!(
                     "VolumeAttachments still on the node: {}",
@@ -636,7 +642,8 @@ impl NodeInterruption {
                 }
             })
         };
-        let heartbeats = self.start_heartbeats(notice, deadline).await;
+        let beats = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let heartbeats = self.start_heartbeats(notice, deadline, beats.clone()).await;
 
         let options = DrainOptions {
             deadline,
@@ -650,7 +657,10 @@ impl NodeInterruption {
         if let Some(h) = heartbeats {
             h.abort();
         }
-        result
+        result.map(|mut r| {
+            r.lifecycle_heartbeats = beats.load(Ordering::Relaxed);
+            r
+        })
     }
 
     /// For a lifecycle hook whose timeout ends before the drain deadline, records heartbeats
@@ -659,6 +669,7 @@ impl NodeInterruption {
         &self,
         notice: &Notice,
         deadline: Instant,
+        beats: Arc<std::sync::atomic::AtomicU32>,
     ) -> Option<tokio::task::JoinHandle<()>> {
         let action = notice.lifecycle_action.clone()?;
         let timeout = match lifecycle::heartbeat_timeout(&self.aws.autoscaling, &action).await {
@@ -681,6 +692,7 @@ impl NodeInterruption {
                 tokio::time::sleep_until(expires.checked_sub(lead).unwrap_or(expires)).await;
                 match lifecycle::heartbeat(&client, &action, &instance).await {
                     Ok(()) => {
+                        beats.fetch_add(1, Ordering::Relaxed);
                         tracing::info!(instance_id = %instance, action = "lifecycle-heartbeat", outcome = "done");
                         expires = Instant::now() + timeout;
                     }

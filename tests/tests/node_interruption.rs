@@ -662,3 +662,145 @@ async fn sqs_batch_handles_good_records_and_rejects_malformed_ones() {
         "a malformed message is not retried"
     );
 }
+
+#[tokio::test]
+async fn drain_waits_for_the_volume_attachments_of_the_moved_pods_only() {
+    let world = World::new("volumes", false).await;
+    let node = world.node(None).await;
+    let mut db = pod("shop", "db-0", &node.name, "db");
+    db["spec"]["volumes"] =
+        json!([{"name": "data", "persistentVolumeClaim": {"claimName": "data-db-0"}}]);
+    world.kube.create(db);
+    world.kube.create(json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "data-db-0", "namespace": "shop"},
+        "spec": {"volumeName": "pvc-db", "accessModes": ["ReadWriteOnce"]}, "status": {"phase": "Bound"}}));
+    for (name, pv) in [("csi-db", "pvc-db"), ("csi-other", "pvc-other")] {
+        world.kube.create(
+            json!({"apiVersion": "storage.k8s.io/v1", "kind": "VolumeAttachment",
+            "metadata": {"name": name},
+            "spec": {"attacher": "ebs.csi.aws.com", "nodeName": node.name,
+                "source": {"persistentVolumeName": pv}},
+            "status": {"attached": true}}),
+        );
+    }
+
+    let result = world
+        .handler(world.config())
+        .handle(&spot_warning(&world, &node.instance_id, Utc::now()), None)
+        .await
+        .unwrap();
+
+    let end = result.reports.last().unwrap();
+    assert_eq!(end.outcome, Some(Outcome::Drained));
+    assert!(
+        end.notes.iter().all(|n| !n.contains("VolumeAttachments")),
+        "{:?}",
+        end.notes
+    );
+    assert!(
+        world
+            .kube
+            .get("storage.k8s.io/v1", "VolumeAttachment", None, "csi-db")
+            .is_none()
+    );
+    assert!(
+        world
+            .kube
+            .get("storage.k8s.io/v1", "VolumeAttachment", None, "csi-other")
+            .is_some()
+    );
+    let va_lists = world
+        .kube
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/apis/storage.k8s.io/v1/volumeattachments")
+        .count();
+    assert!(va_lists >= 1, "the drain looked at the attachments");
+}
+
+#[tokio::test]
+async fn lifecycle_heartbeats_keep_the_instance_while_a_budget_delays_the_drain() {
+    let world = World::new("heartbeats", false).await;
+    let (group, hook, instance) = world.auto_scaling_group("ng-slow", 2).await;
+    let name = "ip-10-0-8-8.ec2.internal";
+    world
+        .kube
+        .create(node_object(name, &instance, "us-east-1a"));
+    world
+        .kube
+        .create(pod("shop", "checkout-1", name, "checkout"));
+    world
+        .kube
+        .create(pdb("shop", "checkout-pdb", "checkout", 1));
+    let handler = world.handler(world.config());
+    let event = lifecycle_action(&world, &group, &hook, &instance, Utc::now());
+
+    let drain = handler.handle(&event, None);
+    let relax = async {
+        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        assert!(world.kube.remove(
+            "policy/v1",
+            "PodDisruptionBudget",
+            Some("shop"),
+            "checkout-pdb"
+        ));
+    };
+    let (result, ()) = tokio::join!(drain, relax);
+
+    let end = result.unwrap().reports.pop().unwrap();
+    assert_eq!(end.outcome, Some(Outcome::Drained));
+    assert!(
+        end.notes.iter().any(|n| n.contains("lifecycle heartbeats")),
+        "{:?}",
+        end.notes
+    );
+    assert_eq!(
+        world.lifecycle_state(&instance).await,
+        "Terminating:Proceed"
+    );
+}
+
+#[tokio::test]
+async fn volume_attachments_that_stay_are_reported_after_the_bounded_wait() {
+    let options = eks_remedy_tests::ServerOptions {
+        attach_detach_controller: false,
+        ..Default::default()
+    };
+    let world = World::with_options("volumes-stuck", false, options).await;
+    let node = world.node(None).await;
+    let mut db = pod("shop", "db-0", &node.name, "db");
+    db["spec"]["volumes"] =
+        json!([{"name": "data", "persistentVolumeClaim": {"claimName": "data-db-0"}}]);
+    world.kube.create(db);
+    world
+        .kube
+        .create(json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "data-db-0", "namespace": "shop"},
+        "spec": {"volumeName": "pvc-db"}, "status": {"phase": "Bound"}}));
+    world.kube.create(
+        json!({"apiVersion": "storage.k8s.io/v1", "kind": "VolumeAttachment",
+        "metadata": {"name": "csi-db"},
+        "spec": {"attacher": "ebs.csi.aws.com", "nodeName": node.name,
+            "source": {"persistentVolumeName": "pvc-db"}}}),
+    );
+    let config = eks_remedy::config::Config {
+        volume_detach_wait: std::time::Duration::from_secs(1),
+        ..world.config()
+    };
+
+    let result = world
+        .handler(config)
+        .handle(&spot_warning(&world, &node.instance_id, Utc::now()), None)
+        .await
+        .unwrap();
+
+    let end = result.reports.last().unwrap();
+    assert!(world.pods_on(&node.name).is_empty());
+    assert!(
+        end.notes
+            .iter()
+            .any(|n| n.contains("VolumeAttachments still on the node: csi-db")),
+        "{:?}",
+        end.notes
+    );
+}

@@ -9,6 +9,7 @@
 //! PodDisruptionBudget status current. It also counts requests and concurrent evictions and can
 //! add latency, so tests can prove behaviour without timing assertions.
 
+mod gojson;
 mod patch;
 mod rbac;
 mod selectors;

@@ -122,36 +122,35 @@ pub struct FieldRequirement {
     pub negated: bool,
 }
 
-/// Parses a field selector; set-based syntax and bare keys are errors.
+/// Parses a field selector; set-based syntax and bare keys are errors. Like kube-apiserver, it
+/// sorts the terms before reading them, so an error names the first bad term in sort order.
 pub fn parse_fields(text: &str) -> Result<Vec<FieldRequirement>, String> {
-    let mut out = Vec::new();
-    if text.is_empty() {
-        return Ok(out);
-    }
-    for part in text.split(',') {
-        let (field, value, negated) = if let Some((f, v)) = part.split_once("!=") {
-            (f, v, true)
-        } else if let Some((f, v)) = part.split_once("==") {
-            (f, v, false)
-        } else if let Some((f, v)) = part.split_once('=') {
-            (f, v, false)
-        } else {
-            return Err(format!(
-                "invalid selector: '{text}'; can't understand '{part}'"
-            ));
-        };
-        if field.contains(' ') {
-            return Err(format!(
-                "invalid selector: '{text}'; can't understand '{part}'"
-            ));
-        }
-        out.push(FieldRequirement {
-            field: field.to_owned(),
-            value: value.to_owned(),
-            negated,
-        });
-    }
-    Ok(out)
+    let mut terms: Vec<&str> = text.split(',').filter(|t| !t.is_empty()).collect();
+    terms.sort_unstable();
+    terms
+        .into_iter()
+        .map(|term| {
+            let (field, op, value) = split_term(term)
+                .ok_or_else(|| format!("invalid selector: '{text}'; can't understand '{term}'"))?;
+            Ok(FieldRequirement {
+                field: field.to_owned(),
+                value: value.to_owned(),
+                negated: op == "!=",
+            })
+        })
+        .collect()
+}
+
+/// Splits a term at the first operator found from the left, trying `!=`, `==`, `=` at each
+/// position.
+fn split_term(term: &str) -> Option<(&str, &str, &str)> {
+    term.char_indices().find_map(|(i, _)| {
+        let rest = &term[i..];
+        ["!=", "==", "="]
+            .into_iter()
+            .find(|op| rest.starts_with(op))
+            .map(|op| (&term[..i], op, &rest[op.len()..]))
+    })
 }
 
 /// Reads a dotted path of an object as a string, the way field selectors compare it.
@@ -202,5 +201,10 @@ mod tests {
         let reqs = parse_fields("spec.nodeName=n1,status.phase!=Succeeded").unwrap();
         assert_eq!(reqs.len(), 2);
         assert!(reqs[1].negated);
+        let err = parse_fields("spec.nodeName in (a,b)").unwrap_err();
+        assert_eq!(
+            err,
+            "invalid selector: 'spec.nodeName in (a,b)'; can't understand 'b)'"
+        );
     }
 }

@@ -15,6 +15,7 @@ use chrono::{SecondsFormat, Utc};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
+use super::gojson;
 use super::patch;
 use super::rbac::{Access, Rbac};
 
@@ -53,6 +54,9 @@ pub struct ServerOptions {
     pub kubelet_delay: Option<Duration>,
     /// Keep PodDisruptionBudget status current, as kube-controller-manager does.
     pub disruption_controller: bool,
+    /// Detach a pod's volumes (delete their VolumeAttachments) once the pod is gone, as the
+    /// attach/detach controller and the CSI attacher do; off leaves them attached.
+    pub attach_detach_controller: bool,
     /// Added to every request.
     pub latency: Duration,
     /// RBAC for users outside `system:masters`; `None` allows every authenticated user.
@@ -75,6 +79,7 @@ impl Default for ServerOptions {
             anonymous_auth: true,
             kubelet_delay: Some(Duration::from_millis(50)),
             disruption_controller: true,
+            attach_detach_controller: true,
             latency: Duration::ZERO,
             rbac: Some(Arc::new(
                 Rbac::from_yaml(SHIPPED_RBAC).expect("infra/k8s/rbac.yaml parses"),
@@ -177,6 +182,20 @@ const RESOURCES: &[ResourceType] = &[
         resource: "persistentvolumes",
         kind: "PersistentVolume",
         namespaced: false,
+    },
+    ResourceType {
+        group: "",
+        version: "v1",
+        resource: "secrets",
+        kind: "Secret",
+        namespaced: true,
+    },
+    ResourceType {
+        group: "",
+        version: "v1",
+        resource: "configmaps",
+        kind: "ConfigMap",
+        namespaced: true,
     },
     ResourceType {
         group: "",
@@ -337,9 +356,11 @@ impl KubeServer {
         format!("http://{}", self.addr)
     }
 
-    /// Changes the options of the running server.
+    /// Changes the options of the running server. The built-in controllers then run once with
+    /// the new options before this returns, so a controller switched on has already acted.
     pub fn configure(&self, f: impl FnOnce(&mut ServerOptions)) {
         f(&mut self.shared.options.lock().unwrap());
+        run_controllers(&self.shared);
     }
 
     /// Writes a kubeconfig for `token` and returns its text.
@@ -731,6 +752,9 @@ fn answer(
         headers,
         body,
     };
+    // Controllers also run on a timer; running them here as well means every request sees a
+    // reconciled world, as it would in a cluster where they react within milliseconds.
+    run_controllers(shared);
     let mut world = shared.world.lock().unwrap();
     (route(&mut world, &options, request), name)
 }
@@ -865,27 +889,37 @@ fn list(
         }
     }
     let limit: usize = query.get("limit").and_then(|l| l.parse().ok()).unwrap_or(0);
-    let start_after = match query.get("continue").filter(|c| !c.is_empty()) {
+    let (start, list_rv) = match query.get("continue").filter(|c| !c.is_empty()) {
         Some(token) => match decode_continue(token) {
-            Some(s) => Some(s),
-            None => {
-                return status::bad_request(
-                    "invalid continue token: continue key is not valid: invalid character looking for beginning of value",
-                );
-            }
+            Ok((start, rv)) => (Some(start), rv),
+            Err(e) => return status::bad_request(&format!("invalid continue token: {e}")),
         },
-        None => None,
+        None => (None, world.rv),
     };
 
+    // Objects in storage order: keys relative to the listed scope, as etcd keys are to the
+    // resource prefix ("ns/name" across namespaces, "name" within one or for cluster objects).
     let store = store_key(rt);
-    let empty = serde_json::Map::new();
-    let mut matched: Vec<(String, Value)> = world
+    let mut candidates: Vec<(String, &Value)> = world
         .objects
         .iter()
         .filter(|((k, n, _), _)| *k == store && ns.is_none_or(|ns| ns == n))
-        .filter(|(_, o)| labels.matches(o["metadata"]["labels"].as_object().unwrap_or(&empty)))
-        .filter(|(_, o)| {
-            resolved.iter().all(|(field, value, negated)| {
+        .map(|((_, n, name), o)| {
+            let key = if n.is_empty() || ns.is_some() {
+                name.clone()
+            } else {
+                format!("{n}/{name}")
+            };
+            (key, o)
+        })
+        .filter(|(key, _)| start.as_deref().is_none_or(|s| key.as_str() >= s))
+        .collect();
+    candidates.sort_by(|a, b| a.0.cmp(&b.0));
+
+    let empty = serde_json::Map::new();
+    let selected = |o: &Value| {
+        labels.matches(o["metadata"]["labels"].as_object().unwrap_or(&empty))
+            && resolved.iter().all(|(field, value, negated)| {
                 let actual = match (rt.kind, field.as_str()) {
                     ("Node", "spec.unschedulable") => o["spec"]["unschedulable"]
                         .as_bool()
@@ -895,52 +929,91 @@ fn list(
                 };
                 (actual == *value) != *negated
             })
-        })
-        .map(|((_, n, name), o)| (format!("{n}/{name}"), o.clone()))
-        .collect();
-    matched.sort_by(|a, b| a.0.cmp(&b.0));
-    if let Some(start) = &start_after {
-        matched.retain(|(k, _)| k > start);
-    }
-    let mut continue_token = None;
-    let mut remaining = None;
-    if limit > 0 && matched.len() > limit {
-        let rest = matched.len() - limit;
-        matched.truncate(limit);
-        continue_token = matched.last().map(|(k, _)| encode_continue(k, world.rv));
-        if fields.is_empty() && query.get("labelSelector").is_none_or(|l| l.is_empty()) {
-            remaining = Some(rest);
+    };
+    let mut items = Vec::new();
+    let mut scanned = 0;
+    for (_, o) in &candidates {
+        if limit > 0 && items.len() == limit {
+            break;
+        }
+        scanned += 1;
+        if selected(o) {
+            items.push((*o).clone());
         }
     }
-    let mut metadata = json!({"resourceVersion": world.rv.to_string()});
-    if let Some(c) = continue_token {
-        metadata["continue"] = json!(c);
-    }
-    if let Some(r) = remaining {
-        metadata["remainingItemCount"] = json!(r);
+
+    // A full page continues while storage holds more objects after it, whether or not they
+    // match: with selectors the next page can turn out empty. The count of the rest is only
+    // given without selectors.
+    let mut metadata = json!({"resourceVersion": list_rv.to_string()});
+    let rest = candidates.len() - scanned;
+    if limit > 0 && items.len() == limit && rest > 0 {
+        let last = &candidates[scanned - 1].0;
+        metadata["continue"] = json!(encode_continue(last, list_rv));
+        let unfiltered =
+            fields.is_empty() && query.get("labelSelector").is_none_or(|l| l.is_empty());
+        if unfiltered {
+            metadata["remainingItemCount"] = json!(rest);
+        }
     }
     Answer::ok(json!({
         "kind": format!("{}List", rt.kind),
         "apiVersion": api_version(rt),
         "metadata": metadata,
-        "items": matched.into_iter().map(|(_, o)| o).collect::<Vec<_>>(),
+        "items": items,
     }))
 }
 
-fn encode_continue(start: &str, rv: u64) -> String {
-    base64::engine::general_purpose::STANDARD.encode(
-        json!({"v": "meta.k8s.io/v1", "rv": rv, "start": format!("{start}\u{0}")}).to_string(),
-    )
+/// A continue token as kube-apiserver writes it: unpadded base64url of
+/// `{"v":"meta.k8s.io/v1","rv":N,"start":"<last key>\u0000"}`.
+fn encode_continue(last_key: &str, rv: u64) -> String {
+    let token = format!(
+        "{{\"v\":\"meta.k8s.io/v1\",\"rv\":{rv},\"start\":{}}}",
+        Value::String(format!("{last_key}\u{0}"))
+    );
+    CONTINUE_ENCODING.encode(token)
 }
 
-fn decode_continue(token: &str) -> Option<String> {
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(token)
-        .ok()?;
-    let value: Value = serde_json::from_slice(&bytes).ok()?;
-    value["start"]
+/// Go's `base64.RawURLEncoding`: unpadded base64url that ignores stray trailing bits.
+const CONTINUE_ENCODING: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::URL_SAFE,
+    base64::engine::GeneralPurposeConfig::new()
+        .with_encode_padding(false)
+        .with_decode_allow_trailing_bits(true)
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::RequireNone),
+);
+
+/// The start key and resourceVersion of a continue token, or why it is not valid (in
+/// kube-apiserver's words).
+fn decode_continue(token: &str) -> Result<(String, u64), String> {
+    let invalid = "continue key is not valid";
+    let bytes = CONTINUE_ENCODING.decode(token).map_err(|e| {
+        let at = match e {
+            base64::DecodeError::InvalidByte(at, _)
+            | base64::DecodeError::InvalidLastSymbol(at, _) => at,
+            base64::DecodeError::InvalidLength(at) => at,
+            base64::DecodeError::InvalidPadding => token.len(),
+        };
+        format!("{invalid}: illegal base64 data at input byte {at}")
+    })?;
+    if let Some(error) = gojson::syntax_error(&bytes) {
+        return Err(format!("{invalid}: {error}"));
+    }
+    let value: Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    let version = value["v"].as_str().unwrap_or_default();
+    if version != "meta.k8s.io/v1" {
+        return Err(format!(
+            "{invalid}: server does not recognize this encoded version {version}"
+        ));
+    }
+    let rv = value["rv"].as_u64().filter(|rv| *rv > 0).ok_or_else(|| {
+        format!("{invalid}: incorrect encoded start resourceVersion (version meta.k8s.io/v1)")
+    })?;
+    let start = value["start"]
         .as_str()
-        .map(|s| s.trim_end_matches('\u{0}').to_owned())
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| format!("{invalid}: encoded start key empty (version meta.k8s.io/v1)"))?;
+    Ok((start.to_owned(), rv))
 }
 
 fn content_type(headers: &HeaderMap) -> String {
@@ -986,7 +1059,10 @@ fn patch_object(
     };
     let patch_doc: Value = match serde_json::from_slice(req.body) {
         Ok(v) => v,
-        Err(e) => return status::bad_request(&format!("error decoding patch: {e}")),
+        Err(_) => {
+            let error = gojson::syntax_error(req.body).unwrap_or_else(|| "invalid JSON".into());
+            return status::bad_request(&format!("error decoding patch: {error}"));
+        }
     };
     let mut updated = with_type(rt, current.clone());
     match ct.as_str() {
@@ -1010,7 +1086,28 @@ fn patch_object(
             }
         }
     }
+    if let Some(error) = type_error(rt, &updated) {
+        return status::invalid_patch_result(&updated, &error);
+    }
     commit_update(world, rt, &k, current, updated, dry_run(&req.query))
+}
+
+/// Go's decoding error for a patched object that no longer fits its type, for the fields
+/// eks-remedy writes.
+fn type_error(rt: &ResourceType, object: &Value) -> Option<String> {
+    let unschedulable = object.pointer("/spec/unschedulable")?;
+    let found = match unschedulable {
+        Value::Bool(_) | Value::Null => return None,
+        Value::String(_) => "string",
+        Value::Number(_) => "number",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    };
+    (rt.kind == "Node").then(|| {
+        format!(
+            "json: cannot unmarshal {found} into Go struct field NodeSpec.spec.unschedulable of type bool"
+        )
+    })
 }
 
 fn commit_update(
@@ -1048,25 +1145,21 @@ fn commit_update(
     }
     world.rv += 1;
     updated["metadata"]["resourceVersion"] = json!(world.rv.to_string());
-    world.objects.insert(k.clone(), updated.clone());
+    // Removing the last finalizer of an object whose deletion waits only for finalizers (no
+    // grace period left) completes the deletion; the answer is its final state.
+    let meta = &updated["metadata"];
+    let finalized = !meta["deletionTimestamp"].is_null()
+        && meta["deletionGracePeriodSeconds"].as_i64().unwrap_or(0) == 0
+        && meta["finalizers"].as_array().is_none_or(|f| f.is_empty());
+    if finalized {
+        world.objects.remove(k);
+    } else {
+        world.objects.insert(k.clone(), updated.clone());
+    }
     Answer::ok(with_type(rt, updated))
 }
 
 fn validate_node(name: &str, node: &Value) -> Result<(), Answer> {
-    if node
-        .pointer("/spec/unschedulable")
-        .is_some_and(|v| !v.is_boolean())
-    {
-        return Err(status::invalid(
-            "Node",
-            name,
-            vec![(
-                "FieldValueInvalid".into(),
-                "spec.unschedulable".into(),
-                "Invalid value: must be a boolean".into(),
-            )],
-        ));
-    }
     let Some(taints) = node.pointer("/spec/taints").and_then(Value::as_array) else {
         return Ok(());
     };
@@ -1123,9 +1216,9 @@ fn put_object(
     let Some(current) = world.objects.get(&k).cloned() else {
         return status::not_found(rt.resource, rt.group, name);
     };
-    let mut body: Value = match serde_json::from_slice(req.body) {
+    let mut body = match decode_body(req.body) {
         Ok(v) => v,
-        Err(e) => return status::bad_request(&format!("error decoding body: {e}")),
+        Err(answer) => return answer,
     };
     match body
         .pointer("/metadata/resourceVersion")
@@ -1138,7 +1231,20 @@ fn put_object(
     }
     body["metadata"]["uid"] = current["metadata"]["uid"].clone();
     body["metadata"]["creationTimestamp"] = current["metadata"]["creationTimestamp"].clone();
+    // Status belongs to the status subresource: a PUT to the object ignores it.
+    if has_status_subresource(rt) {
+        match current.get("status") {
+            Some(status) => body["status"] = status.clone(),
+            None => {
+                body.as_object_mut().map(|o| o.remove("status"));
+            }
+        }
+    }
     commit_update(world, rt, &k, current, body, dry_run(&req.query))
+}
+
+fn has_status_subresource(rt: &ResourceType) -> bool {
+    !matches!(rt.kind, "Event" | "ServiceAccount" | "Secret" | "ConfigMap")
 }
 
 fn create_object(
@@ -1147,9 +1253,9 @@ fn create_object(
     ns: Option<&str>,
     req: &Request<'_>,
 ) -> Answer {
-    let mut body: Value = match serde_json::from_slice(req.body) {
+    let mut body = match decode_body(req.body) {
         Ok(v) => v,
-        Err(e) => return status::bad_request(&format!("error decoding body: {e}")),
+        Err(answer) => return answer,
     };
     let name = body
         .pointer("/metadata/name")
@@ -1160,18 +1266,25 @@ fn create_object(
         body["metadata"]["namespace"] = json!(ns);
     }
     if world.objects.contains_key(&key(rt, ns, &name)) {
-        return status::failure(
-            409,
-            "AlreadyExists",
-            &format!(
-                "{} \"{name}\" already exists",
-                status::qualified(rt.resource, rt.group)
-            ),
-            Some(json!({"name": name, "group": rt.group, "kind": rt.resource})),
-        );
+        return status::already_exists(rt.resource, rt.group, name.as_str());
+    }
+    // A new PodDisruptionBudget starts with an empty status (zeros, which the API does not
+    // omit) until the disruption controller has seen it.
+    if rt.kind == "PodDisruptionBudget" {
+        body["status"] = json!({"disruptionsAllowed": 0, "currentHealthy": 0, "desiredHealthy": 0, "expectedPods": 0});
     }
     let created = insert(world, rt, body);
     Answer::with(201, created)
+}
+
+/// A request body as JSON, or the 400 kube-apiserver answers for one it cannot parse.
+fn decode_body(body: &[u8]) -> Result<Value, Answer> {
+    serde_json::from_slice(body).map_err(|_| {
+        let error = gojson::syntax_error(body).unwrap_or_else(|| "invalid JSON".to_owned());
+        status::bad_request(&format!(
+            "couldn't get version/kind; json parse error: {error}"
+        ))
+    })
 }
 
 /// `DeleteOptions` from the body or the query.
@@ -1188,17 +1301,16 @@ fn delete_options(req: &Request<'_>) -> Value {
 }
 
 fn precondition_failure(kind: &str, name: &str, what: &str, wanted: &str, actual: &str) -> Answer {
-    let (field, label) = if what == "uid" {
-        ("UID", "UID")
+    let (label, likely) = if what == "uid" {
+        ("UID", "deleted and then recreated")
     } else {
-        ("ResourceVersion", "ResourceVersion")
+        ("ResourceVersion", "modified")
     };
-    let _ = field;
     status::failure(
         409,
         "Conflict",
         &format!(
-            "Operation cannot be fulfilled on {kind} \"{name}\": the {label} in the precondition ({wanted}) does not match the {label} in record ({actual}). The object might have been deleted and then recreated"
+            "Operation cannot be fulfilled on {kind} \"{name}\": the {label} in the precondition ({wanted}) does not match the {label} in record ({actual}). The object might have been {likely}"
         ),
         Some(json!({"name": name, "kind": kind})),
     )
@@ -1282,8 +1394,12 @@ fn delete_object(
     Answer::ok(with_type(rt, current))
 }
 
-/// Starts a pod's graceful termination, or removes it at once with grace 0 or when it was never
-/// scheduled. Returns the answer (the pod) and whether the pod is gone.
+/// Deletes a pod as kube-apiserver's graceful deletion does. A scheduled pod that has not
+/// finished gets `deletionTimestamp` = now + grace, `deletionGracePeriodSeconds` and a
+/// generation bump, and stays Terminating until its kubelet is done; a pod never scheduled, a pod
+/// in a terminal phase, and grace 0 go at once. Deleting a Terminating pod again only shortens
+/// its grace. The answer is the pod as deleted (its last state when it is gone, the would-be
+/// state on a dry run). Returns the answer and whether the pod is gone.
 fn terminate_pod(
     world: &mut World,
     options: &ServerOptions,
@@ -1298,61 +1414,80 @@ fn terminate_pod(
         .pointer("/spec/nodeName")
         .and_then(Value::as_str)
         .is_some_and(|n| !n.is_empty());
-    let grace = grace.unwrap_or_else(|| {
-        current
-            .pointer("/spec/terminationGracePeriodSeconds")
-            .and_then(Value::as_i64)
-            .unwrap_or(30)
-    });
     let finished = matches!(
         current.pointer("/status/phase").and_then(Value::as_str),
         Some("Succeeded" | "Failed")
     );
-    if dry {
-        return (Answer::ok(with_type(&rt, current)), false);
+    let mut grace = grace
+        .or_else(|| {
+            current
+                .pointer("/spec/terminationGracePeriodSeconds")
+                .and_then(Value::as_i64)
+        })
+        .unwrap_or(30)
+        .max(0);
+    if !scheduled || finished {
+        grace = 0;
     }
-    if grace == 0 || !scheduled || finished {
-        world.objects.remove(k);
-        world.removals.remove(&(k.1.clone(), k.2.clone()));
-        pod_gone(world, &current);
-        return (Answer::ok(with_type(&rt, current)), true);
-    }
-    if !current["metadata"]["deletionTimestamp"].is_null() {
-        return (Answer::ok(with_type(&rt, current)), false);
-    }
+
     let mut updated = current.clone();
-    world.rv += 1;
-    let at = Utc::now() + chrono::TimeDelta::seconds(grace);
-    updated["metadata"]["deletionTimestamp"] = json!(at.to_rfc3339_opts(SecondsFormat::Secs, true));
+    let deletion_time = Utc::now() + chrono::TimeDelta::seconds(grace);
+    let deletion_time = json!(deletion_time.to_rfc3339_opts(SecondsFormat::Secs, true));
+    if current["metadata"]["deletionTimestamp"].is_null() {
+        let generation = current["metadata"]["generation"].as_i64().unwrap_or(1);
+        updated["metadata"]["generation"] = json!(generation + 1);
+        if let Some(condition) = condition {
+            let mut conditions: Vec<Value> = current["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|c| c["type"] != condition["type"])
+                .cloned()
+                .collect();
+            conditions.push(condition);
+            updated["status"]["conditions"] = json!(conditions);
+        }
+    } else {
+        let left = current["metadata"]["deletionGracePeriodSeconds"]
+            .as_i64()
+            .unwrap_or(0);
+        if grace >= left {
+            return (Answer::ok(with_type(&rt, current)), false);
+        }
+    }
+    updated["metadata"]["deletionTimestamp"] = deletion_time;
     updated["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
+    if dry {
+        return (Answer::ok(with_type(&rt, updated)), false);
+    }
+
+    world.rv += 1;
     updated["metadata"]["resourceVersion"] = json!(world.rv.to_string());
-    let generation = updated["metadata"]["generation"].as_i64().unwrap_or(1);
-    updated["metadata"]["generation"] = json!(generation + 1);
-    if let Some(condition) = condition {
-        let conditions = updated["status"]["conditions"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        let mut conditions: Vec<Value> = conditions
-            .into_iter()
-            .filter(|c| c["type"] != condition["type"])
-            .collect();
-        conditions.push(condition);
-        updated["status"]["conditions"] = json!(conditions);
+    let pod_key = (k.1.clone(), k.2.clone());
+    if grace == 0 {
+        world.objects.remove(k);
+        world.removals.remove(&pod_key);
+        pod_gone(world, &current, options.attach_detach_controller);
+        return (Answer::ok(with_type(&rt, updated)), true);
     }
     world.objects.insert(k.clone(), updated.clone());
     if let Some(delay) = options.kubelet_delay {
-        let wait = delay.min(Duration::from_secs(grace.max(0) as u64));
+        let at = Instant::now() + delay.min(Duration::from_secs(grace as u64));
         world
             .removals
-            .insert((k.1.clone(), k.2.clone()), Instant::now() + wait);
+            .entry(pod_key)
+            .and_modify(|due| *due = (*due).min(at))
+            .or_insert(at);
     }
     (Answer::ok(with_type(&rt, updated)), false)
 }
 
 /// What happens in the cluster once a pod is gone: the attach/detach controller detaches the
 /// volumes its claims used on that node.
-fn pod_gone(world: &mut World, pod: &Value) {
+fn pod_gone(world: &mut World, pod: &Value, detach: bool) {
+    if !detach {
+        return;
+    }
     let node = pod
         .pointer("/spec/nodeName")
         .and_then(Value::as_str)
@@ -1401,7 +1536,13 @@ fn pod_gone(world: &mut World, pod: &Value) {
 }
 
 fn run_controllers(shared: &Shared) {
-    let disruption = shared.options.lock().unwrap().disruption_controller;
+    let (disruption, detach) = {
+        let options = shared.options.lock().unwrap();
+        (
+            options.disruption_controller,
+            options.attach_detach_controller,
+        )
+    };
     let mut world = shared.world.lock().unwrap();
     let now = Instant::now();
     let due: Vec<(String, String)> = world
@@ -1413,7 +1554,7 @@ fn run_controllers(shared: &Shared) {
     for (ns, name) in due {
         world.removals.remove(&(ns.clone(), name.clone()));
         if let Some(pod) = world.objects.remove(&("/pods".to_owned(), ns, name)) {
-            pod_gone(&mut world, &pod);
+            pod_gone(&mut world, &pod, detach);
         }
     }
     if disruption {
@@ -1421,17 +1562,19 @@ fn run_controllers(shared: &Shared) {
     }
 }
 
-fn pod_healthy(pod: &Value) -> bool {
-    pod["metadata"]["deletionTimestamp"].is_null()
-        && pod.pointer("/status/phase").and_then(Value::as_str) == Some("Running")
-        && pod
-            .pointer("/status/conditions")
-            .and_then(Value::as_array)
-            .is_some_and(|c| {
-                c.iter()
-                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
-            })
+/// Whether a pod's Ready condition is True.
+fn pod_ready(pod: &Value) -> bool {
+    pod.pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .is_some_and(|c| {
+            c.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
 }
+
+/// How long the disruption controller waits for an evicted pod to start terminating before it
+/// stops counting it as disrupted (kube-controller-manager's `DeletionTimeout`).
+const DELETION_TIMEOUT: chrono::TimeDelta = chrono::TimeDelta::minutes(2);
 
 fn selected_pods<'a>(world: &'a World, pdb: &Value, ns: &str) -> Vec<&'a Value> {
     let selector = selector_of(pdb);
@@ -1486,7 +1629,15 @@ fn int_or_percent(value: &Value, total: i64) -> Option<i64> {
     }
 }
 
+/// The disruption controller: for each budget, the pods its selector covers (Terminating ones
+/// included), how many of them are healthy (Ready, not Terminating, not just evicted), how many
+/// must stay healthy, and the `DisruptionAllowed` condition.
+///
+/// Limitation: `expectedPods` is the number of selected pods, also for `maxUnavailable` and
+/// percentages, where kube-controller-manager uses the scale of the pods' controllers; a
+/// budget over a workload with missing replicas allows more disruption here than in a cluster.
 fn update_pdb_status(world: &mut World) {
+    let now = Utc::now();
     let pdbs: Vec<((String, String, String), Value)> = world
         .objects
         .iter()
@@ -1495,32 +1646,103 @@ fn update_pdb_status(world: &mut World) {
         .collect();
     for (k, pdb) in pdbs {
         let pods = selected_pods(world, &pdb, &k.1);
-        let expected = pods
+        let expected = pods.len() as i64;
+
+        // An evicted pod counts as disrupted until it is seen Terminating (or gone), for at most
+        // the deletion timeout.
+        let mut disrupted = serde_json::Map::new();
+        for (pod, at) in pdb["status"]["disruptedPods"]
+            .as_object()
+            .into_iter()
+            .flatten()
+        {
+            let waiting = pods.iter().any(|p| {
+                p["metadata"]["name"] == pod.as_str()
+                    && p["metadata"]["deletionTimestamp"].is_null()
+            });
+            let fresh = at
+                .as_str()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .is_some_and(|t| t + DELETION_TIMEOUT > now);
+            if waiting && fresh {
+                disrupted.insert(pod.clone(), at.clone());
+            }
+        }
+        let healthy = pods
             .iter()
-            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .filter(|p| {
+                p["metadata"]["deletionTimestamp"].is_null()
+                    && pod_ready(p)
+                    && !p["metadata"]["name"]
+                        .as_str()
+                        .is_some_and(|n| disrupted.contains_key(n))
+            })
             .count() as i64;
-        let healthy = pods.iter().filter(|p| pod_healthy(p)).count() as i64;
         let desired = if let Some(min) = pdb.pointer("/spec/minAvailable") {
             int_or_percent(min, expected).unwrap_or(0)
         } else if let Some(max) = pdb.pointer("/spec/maxUnavailable") {
-            expected - int_or_percent(max, expected).unwrap_or(0)
+            (expected - int_or_percent(max, expected).unwrap_or(0)).max(0)
         } else {
             expected
         };
         let allowed = (healthy - desired).max(0);
         let generation = pdb["metadata"]["generation"].as_i64().unwrap_or(1);
+
         let mut updated = pdb.clone();
-        updated["status"]["currentHealthy"] = json!(healthy);
-        updated["status"]["desiredHealthy"] = json!(desired);
-        updated["status"]["expectedPods"] = json!(expected);
-        updated["status"]["disruptionsAllowed"] = json!(allowed);
-        updated["status"]["observedGeneration"] = json!(generation);
+        let status = &mut updated["status"];
+        status["observedGeneration"] = json!(generation);
+        status["currentHealthy"] = json!(healthy);
+        status["desiredHealthy"] = json!(desired);
+        status["expectedPods"] = json!(expected);
+        status["disruptionsAllowed"] = json!(allowed);
+        if disrupted.is_empty() {
+            status.as_object_mut().map(|s| s.remove("disruptedPods"));
+        } else {
+            status["disruptedPods"] = Value::Object(disrupted);
+        }
+        set_disruption_allowed_condition(&mut updated);
         if updated != pdb {
             world.rv += 1;
             updated["metadata"]["resourceVersion"] = json!(world.rv.to_string());
             world.objects.insert(k, updated);
         }
     }
+}
+
+/// Sets a budget's `DisruptionAllowed` condition from its `disruptionsAllowed`; the transition
+/// time only moves when the condition's status does.
+fn set_disruption_allowed_condition(pdb: &mut Value) {
+    let allowed = pdb["status"]["disruptionsAllowed"].as_i64().unwrap_or(0) > 0;
+    let (status, reason) = if allowed {
+        ("True", "SufficientPods")
+    } else {
+        ("False", "InsufficientPods")
+    };
+    let generation = pdb["status"]["observedGeneration"].clone();
+    let mut conditions: Vec<Value> = pdb["status"]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let previous = conditions
+        .iter()
+        .position(|c| c["type"] == "DisruptionAllowed");
+    let transition = match previous.map(|i| &conditions[i]) {
+        Some(c) if c["status"] == status => c["lastTransitionTime"].clone(),
+        _ => json!(now_rfc3339()),
+    };
+    let condition = json!({
+        "type": "DisruptionAllowed",
+        "status": status,
+        "observedGeneration": generation,
+        "lastTransitionTime": transition,
+        "reason": reason,
+        "message": "",
+    });
+    match previous {
+        Some(i) => conditions[i] = condition,
+        None => conditions.push(condition),
+    }
+    pdb["status"]["conditions"] = json!(conditions);
 }
 
 fn evict(
@@ -1565,18 +1787,13 @@ fn evict(
         return a;
     }
     let dry = dry_run(&req.query);
-    if !pod["metadata"]["deletionTimestamp"].is_null() {
-        return status::success(201);
-    }
-    let scheduled = pod
-        .pointer("/spec/nodeName")
-        .and_then(Value::as_str)
-        .is_some_and(|n| !n.is_empty());
-    let finished = matches!(
-        pod.pointer("/status/phase").and_then(Value::as_str),
-        Some("Succeeded" | "Failed")
-    );
-    if scheduled && !finished {
+
+    // Pods that finished, never started or are already Terminating are deleted without asking
+    // any budget; so are unready pods a budget lets go.
+    let phase = pod.pointer("/status/phase").and_then(Value::as_str);
+    let ignores_budgets = matches!(phase, Some("Succeeded" | "Failed" | "Pending"))
+        || !pod["metadata"]["deletionTimestamp"].is_null();
+    if !ignores_budgets {
         let empty = serde_json::Map::new();
         let labels = pod["metadata"]["labels"].as_object().unwrap_or(&empty);
         let pdbs: Vec<((String, String, String), Value)> = world
@@ -1597,58 +1814,13 @@ fn evict(
                 None,
             );
         }
-        if let Some((pdb_key, pdb)) = pdbs.into_iter().next() {
-            let pdb_name = pdb_key.2.clone();
-            let generation = pdb["metadata"]["generation"].as_i64().unwrap_or(1);
-            let observed = pdb
-                .pointer("/status/observedGeneration")
-                .and_then(Value::as_i64)
-                .unwrap_or(0);
-            let message = "Cannot evict pod as it would violate the pod's disruption budget.";
-            if observed < generation {
-                let mut answer = status::failure(
-                    429,
-                    "TooManyRequests",
-                    message,
-                    Some(
-                        json!({"causes": [{"reason": "DisruptionBudget", "message": format!("The disruption budget {pdb_name} is still being processed by the server.")}], "retryAfterSeconds": 10}),
-                    ),
-                );
-                answer.headers.push(("retry-after", "10".into()));
-                return answer;
-            }
-            let allowed = pdb
-                .pointer("/status/disruptionsAllowed")
-                .and_then(Value::as_i64)
-                .unwrap_or(0);
-            if allowed <= 0 {
-                let desired = pdb
-                    .pointer("/status/desiredHealthy")
-                    .and_then(Value::as_i64)
-                    .unwrap_or(0);
-                let current = pdb
-                    .pointer("/status/currentHealthy")
-                    .and_then(Value::as_i64)
-                    .unwrap_or(0);
-                return status::failure(
-                    429,
-                    "TooManyRequests",
-                    message,
-                    Some(
-                        json!({"causes": [{"reason": "DisruptionBudget", "message": format!("The disruption budget {pdb_name} needs {desired} healthy pods and has {current} currently")}]}),
-                    ),
-                );
-            }
-            if !dry {
-                let mut updated = pdb.clone();
-                updated["status"]["disruptionsAllowed"] = json!(allowed - 1);
-                updated["status"]["disruptedPods"][name] = json!(now_rfc3339());
-                world.rv += 1;
-                updated["metadata"]["resourceVersion"] = json!(world.rv.to_string());
-                world.objects.insert(pdb_key, updated);
-            }
+        if let Some((pdb_key, pdb)) = pdbs.into_iter().next()
+            && let Err(answer) = check_and_decrement(world, pdb_key, pdb, &pod, dry)
+        {
+            return answer;
         }
     }
+
     let condition = json!({"type": "DisruptionTarget", "status": "True", "lastProbeTime": null, "lastTransitionTime": now_rfc3339(), "reason": "EvictionByEvictionAPI", "message": "Eviction API: evicting"});
     terminate_pod(
         world,
@@ -1659,4 +1831,73 @@ fn evict(
         Some(condition),
     );
     status::success(201)
+}
+
+/// The budget check of an eviction: 429 while the budget is unprocessed or allows no disruption;
+/// otherwise one disruption is used up and the pod recorded in `status.disruptedPods` (not on a
+/// dry run). An unready pod passes without using one when the budget's
+/// `unhealthyPodEvictionPolicy` lets it (`AlwaysAllow`, or by default while the budget holds).
+fn check_and_decrement(
+    world: &mut World,
+    pdb_key: (String, String, String),
+    pdb: Value,
+    pod: &Value,
+    dry: bool,
+) -> Result<(), Answer> {
+    let pdb_name = pdb_key.2.clone();
+    let message = "Cannot evict pod as it would violate the pod's disruption budget.";
+    let status_of = |field: &str| pdb["status"][field].as_i64().unwrap_or(0);
+    let generation = pdb["metadata"]["generation"].as_i64().unwrap_or(1);
+    if status_of("observedGeneration") < generation {
+        let cause =
+            format!("The disruption budget {pdb_name} is still being processed by the server.");
+        let mut answer = status::failure(
+            429,
+            "TooManyRequests",
+            message,
+            Some(
+                json!({"causes": [{"reason": "DisruptionBudget", "message": cause}], "retryAfterSeconds": 10}),
+            ),
+        );
+        answer.headers.push(("retry-after", "10".into()));
+        return Err(answer);
+    }
+
+    let (current, desired) = (status_of("currentHealthy"), status_of("desiredHealthy"));
+    if !pod_ready(pod) {
+        let unhealthy_may_go = match pdb["spec"]["unhealthyPodEvictionPolicy"].as_str() {
+            Some("AlwaysAllow") => true,
+            _ => current >= desired && desired > 0,
+        };
+        if unhealthy_may_go {
+            return Ok(());
+        }
+    }
+
+    let allowed = status_of("disruptionsAllowed");
+    if allowed <= 0 {
+        let cause = format!(
+            "The disruption budget {pdb_name} needs {desired} healthy pods and has {current} currently"
+        );
+        return Err(status::failure(
+            429,
+            "TooManyRequests",
+            message,
+            Some(json!({"causes": [{"reason": "DisruptionBudget", "message": cause}]})),
+        ));
+    }
+    if dry {
+        return Ok(());
+    }
+    let mut updated = pdb;
+    updated["status"]["disruptionsAllowed"] = json!(allowed - 1);
+    if allowed == 1 {
+        set_disruption_allowed_condition(&mut updated);
+    }
+    let pod_name = pod["metadata"]["name"].as_str().unwrap_or_default();
+    updated["status"]["disruptedPods"][pod_name] = json!(now_rfc3339());
+    world.rv += 1;
+    updated["metadata"]["resourceVersion"] = json!(world.rv.to_string());
+    world.objects.insert(pdb_key, updated);
+    Ok(())
 }

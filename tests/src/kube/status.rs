@@ -118,9 +118,10 @@ pub fn forbidden(
         Some(ns) => format!("in the namespace \"{ns}\""),
         None => "at the cluster scope".to_owned(),
     };
+    // The message starts with the resource alone, `pods "x" is forbidden: … "pods/eviction"`.
     let message = format!(
         "{} {named}is forbidden: User \"{user}\" cannot {verb} resource \"{full}\" in API group \"{group}\" {scope}",
-        qualified(&full, group)
+        qualified(resource, group)
     );
     let mut d = json!({"kind": resource});
     if let Some(n) = name {
@@ -142,12 +143,16 @@ pub fn patch_rejected() -> Answer {
     )
 }
 
-/// 422 Invalid with field causes.
+/// 422 Invalid with field causes. The message lists each distinct cause once, while `causes`
+/// keeps them all (node taint validation reports each of its causes twice).
 pub fn invalid(kind: &str, name: &str, causes: Vec<(String, String, String)>) -> Answer {
-    let summary = causes
-        .iter()
-        .map(|(_, field, message)| format!("{field}: {message}"))
-        .collect::<Vec<_>>();
+    let mut summary: Vec<String> = Vec::new();
+    for (_, field, message) in &causes {
+        let line = format!("{field}: {message}");
+        if !summary.contains(&line) {
+            summary.push(line);
+        }
+    }
     let message = format!(
         "{kind} \"{name}\" is invalid: {}",
         if summary.len() == 1 {
@@ -165,6 +170,33 @@ pub fn invalid(kind: &str, name: &str, causes: Vec<(String, String, String)>) ->
         "Invalid",
         &message,
         Some(json!({"name": name, "kind": kind, "causes": causes})),
+    )
+}
+
+/// 422 for a patch whose result does not decode into the resource's type (a string where a
+/// boolean belongs): kube-apiserver quotes the whole patched object and Go's decoding error, and
+/// names neither the object nor its kind.
+pub fn invalid_patch_result(patched: &Value, error: &str) -> Answer {
+    let value = format!(
+        "Invalid value: {}: {error}",
+        Value::String(patched.to_string())
+    );
+    failure(
+        422,
+        "Invalid",
+        &format!(" \"\" is invalid: patch: {value}"),
+        Some(
+            json!({"causes": [{"reason": "FieldValueInvalid", "message": value, "field": "patch"}]}),
+        ),
+    )
+}
+
+pub fn already_exists(resource: &str, group: &str, name: &str) -> Answer {
+    failure(
+        409,
+        "AlreadyExists",
+        &format!("{} \"{name}\" already exists", qualified(resource, group)),
+        Some(details(name, group, resource)),
     )
 }
 
