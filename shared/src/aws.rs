@@ -6,6 +6,7 @@ use aws_config::SdkConfig;
 use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_types::error::display::DisplayErrorContext;
 use base64::Engine;
 
 /// Tag on an EKS cluster that opts it in to eks-remedy.
@@ -86,7 +87,12 @@ impl AwsError {
             SdkError::ConstructionFailure(_) => {
                 ("ConstructionFailure".into(), format!("{err:?}"), false)
             }
-            other => ("Transport".into(), format!("{other}"), true),
+            // The context keeps the cause ("connection refused") that Display drops.
+            other => (
+                "Transport".into(),
+                DisplayErrorContext(other).to_string(),
+                true,
+            ),
         };
         Self {
             operation,

@@ -54,6 +54,20 @@ impl HandlerError {
     }
 }
 
+impl From<HandlerError> for lambda_runtime::Diagnostic {
+    fn from(err: HandlerError) -> Self {
+        let error_type = match &err {
+            HandlerError::Aws(_) => "EksRemedy.AwsError",
+            HandlerError::Access(_) => "EksRemedy.ClusterAccessError",
+            HandlerError::Kube { .. } => "EksRemedy.KubernetesError",
+        };
+        Self {
+            error_type: error_type.into(),
+            error_message: err.to_string(),
+        }
+    }
+}
+
 fn kube_err(operation: &'static str) -> impl FnOnce(kube::Error) -> HandlerError {
     move |source| HandlerError::Kube { operation, source }
 }

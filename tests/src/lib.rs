@@ -6,4 +6,5 @@ pub use kube::{KubeServer, Rbac, RequestRecord, SHIPPED_RBAC, ServerOptions, Use
 
 pub mod aws;
 mod kube;
+pub mod runtime_api;
 pub mod world;

@@ -4,7 +4,7 @@ use eks_remedy::access::ClusterAccess;
 use eks_remedy::aws::AwsClients;
 use eks_remedy::config::Config;
 use eks_remedy::interruption::NodeInterruption;
-use lambda_runtime::{Error, LambdaEvent, service_fn};
+use lambda_runtime::{Diagnostic, Error, LambdaEvent, service_fn};
 use serde_json::Value;
 use tokio::time::Instant;
 
@@ -13,7 +13,9 @@ async fn main() -> Result<(), Error> {
     eks_remedy::telemetry::init();
 
     // Clients, configuration and the token cache live for the whole execution environment.
-    let config = Config::from_env()?;
+    let config = Config::from_env().inspect_err(|err| {
+        tracing::error!(error = %err, "invalid configuration; the function cannot start");
+    })?;
     let aws = AwsClients::from_env().await;
     let access = ClusterAccess::eks(aws.clone());
     let handler = &NodeInterruption::new(aws, access, config);
@@ -26,8 +28,12 @@ async fn main() -> Result<(), Error> {
             .unwrap_or_default();
         let result = handler
             .handle(&event.payload, Some(Instant::now() + remaining))
-            .await?;
-        Ok::<_, Error>(serde_json::to_value(result)?)
+            .await
+            .map_err(Diagnostic::from)?;
+        serde_json::to_value(result).map_err(|e| Diagnostic {
+            error_type: "EksRemedy.SerializationError".into(),
+            error_message: e.to_string(),
+        })
     }))
     .await
 }
