@@ -222,6 +222,8 @@ pub struct ClusterFacts {
     /// DER certificates of the cluster CA.
     pub ca_der: Vec<Vec<u8>>,
     pub tags: BTreeMap<String, String>,
+    /// The cluster's IAM role.
+    pub role_arn: Option<String>,
 }
 
 impl ClusterFacts {
@@ -265,6 +267,7 @@ pub async fn describe_cluster(
     Ok(Some(ClusterFacts {
         name: name.to_owned(),
         endpoint: cluster.endpoint().unwrap_or_default().to_owned(),
+        role_arn: cluster.role_arn().map(str::to_owned),
         ca_der,
         tags: cluster
             .tags()

@@ -69,6 +69,20 @@ pub struct Config {
     pub volume_detach_wait: Duration,
     /// `EKS_REMEDY_POLL_MILLIS`: how often to look whether evicted pods are gone.
     pub poll_interval: Duration,
+    /// `EKS_REMEDY_ALLOW_NODE_REPLACEMENT`: start managed node group updates so nodes pick up
+    /// a new max pods.
+    pub allow_node_replacement: bool,
+    /// `EKS_REMEDY_ALLOW_POD_ENI`: turn on Security Groups for Pods prerequisites
+    /// (`ENABLE_POD_ENI`, the `AmazonEKSVPCResourceController` policy on the cluster role).
+    pub allow_pod_eni: bool,
+    /// `EKS_REMEDY_ALLOW_ROLE_CREATION`: create IAM roles for Pod Identity when none is given.
+    pub allow_role_creation: bool,
+    /// `EKS_REMEDY_POD_IDENTITY_ROLES`: role ARNs eks-remedy may associate, by service account
+    /// (`namespace/service-account=arn`) or for any (`arn`).
+    pub pod_identity_roles: Vec<String>,
+    /// `EKS_REMEDY_FORCE_DETACH`: force-detach a volume still attached to a stopped instance
+    /// whose node is gone.
+    pub allow_force_detach: bool,
 }
 
 impl Default for Config {
@@ -83,6 +97,11 @@ impl Default for Config {
             max_drain: Duration::from_secs(600),
             volume_detach_wait: Duration::from_secs(60),
             poll_interval: Duration::from_millis(1000),
+            allow_node_replacement: false,
+            allow_pod_eni: false,
+            allow_role_creation: false,
+            pod_identity_roles: Vec::new(),
+            allow_force_detach: false,
         }
     }
 }
@@ -163,6 +182,19 @@ impl Config {
                 60,
             )?),
             poll_interval: Duration::from_millis(number("EKS_REMEDY_POLL_MILLIS", 1000)?.max(10)),
+            allow_node_replacement: bool_var("EKS_REMEDY_ALLOW_NODE_REPLACEMENT", false)?,
+            allow_pod_eni: bool_var("EKS_REMEDY_ALLOW_POD_ENI", false)?,
+            allow_role_creation: bool_var("EKS_REMEDY_ALLOW_ROLE_CREATION", false)?,
+            pod_identity_roles: get("EKS_REMEDY_POD_IDENTITY_ROLES")
+                .map(|v| {
+                    v.split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default(),
+            allow_force_detach: bool_var("EKS_REMEDY_FORCE_DETACH", false)?,
         })
     }
 }

@@ -8,12 +8,11 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::Node;
 use kube::{Api, Client};
-use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use crate::access::{AccessError, ClusterAccess};
-use crate::aws::{AwsClients, AwsError, ClusterFacts, describe_cluster, describe_instance};
+use crate::access::ClusterAccess;
+use crate::aws::{AwsClients, ClusterFacts, describe_cluster, describe_instance};
 use crate::config::Config;
 use crate::drain::{self, DrainOptions, DrainReport};
 use crate::events::{Notice, NoticeKind, parse_event, unwrap_deliveries};
@@ -23,68 +22,11 @@ use crate::nodes;
 use crate::plan::{self, Action, Plan};
 use crate::report::{Notifier, Outcome, Report, Stage, StepResult};
 
+use crate::invocation::kube_err;
+pub use crate::invocation::{HandlerError, InvocationResult};
+
 /// Kept free at the end of an invocation to report and answer.
 const INVOCATION_MARGIN: Duration = Duration::from_secs(5);
-
-/// A failure worth a retry (Lambda retry, SQS redelivery, then the dead-letter queue).
-#[derive(Debug, thiserror::Error)]
-pub enum HandlerError {
-    #[error(transparent)]
-    Aws(#[from] AwsError),
-    #[error(transparent)]
-    Access(#[from] AccessError),
-    #[error("Kubernetes API, {operation}: {source}")]
-    Kube {
-        operation: &'static str,
-        #[source]
-        source: kube::Error,
-    },
-}
-
-impl HandlerError {
-    /// Whether trying the event again can succeed.
-    pub fn retryable(&self) -> bool {
-        match self {
-            Self::Aws(e) => e.retryable,
-            Self::Access(e) => e.retryable(),
-            Self::Kube { source, .. } => {
-                nodes::is_transient(source) || nodes::status_code(source) == Some(401)
-            }
-        }
-    }
-}
-
-impl From<HandlerError> for lambda_runtime::Diagnostic {
-    fn from(err: HandlerError) -> Self {
-        let error_type = match &err {
-            HandlerError::Aws(_) => "EksRemedy.AwsError",
-            HandlerError::Access(_) => "EksRemedy.ClusterAccessError",
-            HandlerError::Kube { .. } => "EksRemedy.KubernetesError",
-        };
-        Self {
-            error_type: error_type.into(),
-            error_message: err.to_string(),
-        }
-    }
-}
-
-fn kube_err(operation: &'static str) -> impl FnOnce(kube::Error) -> HandlerError {
-    move |source| HandlerError::Kube { operation, source }
-}
-
-/// What one invocation did, returned to Lambda and printed by the CLI.
-#[derive(Debug, Serialize, Default)]
-pub struct InvocationResult {
-    /// Every report, in order (published or, without a topic, only logged).
-    pub reports: Vec<Report>,
-    /// Events refused before any action, with why.
-    pub rejected: Vec<String>,
-    /// Errors worth a retry.
-    pub errors: Vec<String>,
-    /// SQS messages to redeliver (SQS partial batch response).
-    #[serde(rename = "batchItemFailures")]
-    pub batch_item_failures: Vec<Value>,
-}
 
 /// The node-interruption handler with its clients, built once per cold start.
 pub struct NodeInterruption {
@@ -483,6 +425,10 @@ impl NodeInterruption {
                         let r = self.complete_hook(notice).await?;
                         report.steps.push(r);
                         continue;
+                    }
+                    // The interruption plan never holds another function's remediation.
+                    Action::Remediation { name } => {
+                        Err(format!("{name} is not an interruption action"))
                     }
                 }
             };

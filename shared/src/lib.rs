@@ -12,16 +12,23 @@
 //! - [`plan`]: the decision for one interruption notice.
 //! - [`report`]: the notifications sent to SNS (Slack through Amazon Q Developer, and email).
 //! - [`interruption`]: the node-interruption function's handler.
+//! - [`pending`], [`cni`], [`maxpods`]: the pending-pods function: diagnosis of Pending pods,
+//!   the VPC CNI's configuration and the max-pods calculator.
+//! - [`invocation`]: what every handler returns.
 
 pub mod access;
 pub mod aws;
+pub mod cni;
 pub mod config;
 pub mod drain;
 pub mod events;
 pub mod incident;
 pub mod interruption;
+pub mod invocation;
 pub mod lifecycle;
+pub mod maxpods;
 pub mod nodes;
+pub mod pending;
 pub mod plan;
 pub mod report;
 pub mod telemetry;

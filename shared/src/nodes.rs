@@ -203,13 +203,16 @@ pub fn is_conflict(err: &kube::Error) -> bool {
     matches!(status_code(err), Some(409 | 422))
 }
 
-/// Sends a JSON patch to a node.
-pub async fn patch_json(
-    nodes: &Api<Node>,
+/// Sends a JSON patch to an object.
+pub async fn patch_json<K>(
+    nodes: &Api<K>,
     name: &str,
     ops: Vec<serde_json::Value>,
     deadline: Instant,
-) -> Result<(), kube::Error> {
+) -> Result<(), kube::Error>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
     let patch: json_patch::Patch =
         serde_json::from_value(serde_json::Value::Array(ops)).map_err(kube::Error::SerdeError)?;
     let patch = Patch::Json::<()>(patch);

@@ -24,11 +24,14 @@ pub enum Action {
     AwaitDrain,
     /// CompleteLifecycleAction CONTINUE.
     CompleteLifecycleAction,
+    /// A change made by another function (prefix delegation, Pod Identity association, ...).
+    Remediation { name: String },
 }
 
 impl Action {
-    pub fn name(&self) -> &'static str {
+    pub fn name(&self) -> &str {
         match self {
+            Self::Remediation { name } => name,
             Self::Cordon => "cordon",
             Self::TaintInterruption => "taint-interruption",
             Self::Drain { .. } => "drain",
@@ -173,7 +176,7 @@ mod tests {
         }
     }
 
-    fn names(plan: &Plan) -> Vec<&'static str> {
+    fn names(plan: &Plan) -> Vec<&str> {
         plan.steps.iter().map(|s| s.action.name()).collect()
     }
 

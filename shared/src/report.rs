@@ -42,6 +42,12 @@ pub enum Outcome {
     Ignored,
     /// Nothing to do (no node, repeated event, already done).
     Skipped,
+    /// A fix was applied (or, in dry-run, would have been).
+    Remediated,
+    /// eks-remedy found the cause but cannot fix it: a person must act.
+    NeedsAttention,
+    /// The problem is gone (alarm back to OK, pending pods placed).
+    Resolved,
     /// An action failed.
     Failed,
 }
@@ -57,6 +63,9 @@ impl Outcome {
             Self::TerminationRaced => "termination-raced",
             Self::Ignored => "ignored",
             Self::Skipped => "skipped",
+            Self::Remediated => "remediated",
+            Self::NeedsAttention => "needs-attention",
+            Self::Resolved => "resolved",
             Self::Failed => "failed",
         }
     }
@@ -88,6 +97,8 @@ pub struct Report {
     pub zone: Option<String>,
     pub node_group: Option<String>,
     pub deadline: Option<DateTime<Utc>>,
+    /// Further labelled facts (capacity before and after, CNI owner, ...).
+    pub facts: Vec<(String, String)>,
     pub pods_to_move: Vec<String>,
     pub evicted: Vec<String>,
     pub deleted: Vec<String>,
@@ -129,7 +140,13 @@ impl Report {
             _ => ":warning:",
         };
         let dry = if self.dry_run { " [dry run]" } else { "" };
-        let target = self.node.as_deref().unwrap_or(&self.instance_id);
+        let target = self
+            .node
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .or(Some(self.instance_id.as_str()).filter(|s| !s.is_empty()))
+            .or(self.cluster.as_deref())
+            .unwrap_or("cluster");
         format!(
             "{icon} eks-remedy{dry}: {} {} on {}",
             self.kind,
@@ -146,7 +163,10 @@ impl Report {
             [
                 field("Cluster", self.cluster.as_deref()),
                 field("Node", self.node.as_deref()),
-                field("Instance", Some(&self.instance_id)),
+                field(
+                    "Instance",
+                    Some(self.instance_id.as_str()).filter(|s| !s.is_empty()),
+                ),
                 field("Type", self.instance_type.as_deref()),
                 field("Zone", self.zone.as_deref()),
                 field("Node group", self.node_group.as_deref()),
@@ -154,6 +174,9 @@ impl Report {
             .into_iter()
             .flatten(),
         );
+        for (name, value) in &self.facts {
+            lines.push(format!("*{name}:* {value}"));
+        }
         if let Some(deadline) = self.deadline {
             lines.push(format!(
                 "*Deadline:* {}",
@@ -207,7 +230,10 @@ impl Report {
         for (k, v) in [
             ("cluster", self.cluster.clone()),
             ("node", self.node.clone()),
-            ("instanceId", Some(self.instance_id.clone())),
+            (
+                "instanceId",
+                Some(self.instance_id.clone()).filter(|s| !s.is_empty()),
+            ),
             ("kind", Some(self.kind.clone())),
             ("outcome", Some(self.outcome_name().to_owned())),
             ("dryRun", Some(self.dry_run.to_string())),
@@ -218,7 +244,9 @@ impl Report {
         }
         let related: Vec<String> = [self.instance_id.clone()]
             .into_iter()
+            .filter(|s| !s.is_empty())
             .chain(self.node.clone())
+            .chain(self.cluster.clone().filter(|_| self.instance_id.is_empty()))
             .collect();
         json!({
             "version": "1.0",

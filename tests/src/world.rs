@@ -491,3 +491,170 @@ pub fn health_change(world: &World, instance: &str, start: DateTime<Utc>) -> Val
     ));
     e
 }
+
+/// A Pending pod the scheduler could not place.
+pub fn pending_pod(namespace: &str, name: &str, app: &str) -> Value {
+    let mut p = pod(namespace, name, "", app);
+    p["spec"].as_object_mut().map(|s| s.remove("nodeName"));
+    p["status"] = json!({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False",
+        "reason": "Unschedulable"}]});
+    p
+}
+
+/// A core/v1 Event about a pod, as the scheduler or the kubelet writes it.
+pub fn pod_event(namespace: &str, pod: &str, reason: &str, message: &str, count: i32) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"name": format!("{pod}.{}", reason.to_lowercase()), "namespace": namespace},
+        "involvedObject": {"kind": "Pod", "namespace": namespace, "name": pod, "apiVersion": "v1"},
+        "reason": reason, "message": message, "type": "Warning", "count": count,
+        "firstTimestamp": "2026-12-04T09:00:00Z", "lastTimestamp": "2026-12-04T09:14:00Z",
+        "source": {"component": "default-scheduler"}
+    })
+}
+
+/// The scheduler's message when every node is at its max pods.
+pub const TOO_MANY_PODS: &str = "0/3 nodes are available: 3 Too many pods. preemption: 0/3 nodes are available: 3 No preemption victims found for incoming pod.";
+
+/// The `aws-node` DaemonSet of a self-managed VPC CNI with `env` on its aws-node container and
+/// the network policy agent as a second container.
+pub fn aws_node_daemonset(version: &str, env: &[(&str, &str)]) -> Value {
+    let env: Vec<Value> = env
+        .iter()
+        .map(|(k, v)| json!({"name": k, "value": v}))
+        .collect();
+    json!({
+        "apiVersion": "apps/v1", "kind": "DaemonSet",
+        "metadata": {"name": "aws-node", "namespace": "kube-system", "labels": {"k8s-app": "aws-node"}},
+        "spec": {"selector": {"matchLabels": {"k8s-app": "aws-node"}}, "template": {
+            "metadata": {"labels": {"k8s-app": "aws-node"}},
+            "spec": {"containers": [
+                {"name": "aws-node", "image": format!("602401143452.dkr.ecr.us-east-1.amazonaws.com/amazon-k8s-cni:{version}"), "env": env},
+                {"name": "aws-eks-nodeagent", "image": "602401143452.dkr.ecr.us-east-1.amazonaws.com/amazon/aws-network-policy-agent:v1.1.2",
+                 "args": ["--enable-network-policy=false"]}
+            ]}}}
+    })
+}
+
+impl World {
+    /// A node of `instance_type` with `allocatable` max pods (EC2 instance included).
+    pub async fn typed_node(&self, instance_type: &str, allocatable: u32, group: &str) -> TestNode {
+        let instance_id = self
+            .instance(Some(&self.cluster), instance_type, false)
+            .await;
+        let mut node = node_object(&instance_id, &instance_id, "us-east-1a");
+        node["metadata"]["labels"]["node.kubernetes.io/instance-type"] = json!(instance_type);
+        node["metadata"]["labels"]["eks.amazonaws.com/nodegroup"] = json!(group);
+        node["status"]["allocatable"]["pods"] = json!(allocatable.to_string());
+        node["status"]["capacity"]["pods"] = json!(allocatable.to_string());
+        self.kube.create(node);
+        TestNode {
+            name: instance_id.clone(),
+            instance_id,
+            zone: "us-east-1a".into(),
+        }
+    }
+
+    /// A managed node group of the cluster in EKS.
+    pub async fn node_group(&self, name: &str) {
+        self.aws
+            .eks
+            .create_nodegroup()
+            .cluster_name(&self.cluster)
+            .nodegroup_name(name)
+            .node_role(format!("arn:aws:iam::{}:role/eks-nodes", self.account))
+            .subnets(&self.subnet)
+            .send()
+            .await
+            .expect("CreateNodegroup");
+    }
+
+    /// The vpc-cni managed add-on with `configuration` values.
+    pub async fn vpc_cni_addon(&self, version: &str, configuration: Option<&str>) {
+        self.aws
+            .eks
+            .create_addon()
+            .cluster_name(&self.cluster)
+            .addon_name("vpc-cni")
+            .addon_version(version)
+            .set_configuration_values(configuration.map(str::to_owned))
+            .send()
+            .await
+            .expect("CreateAddon");
+    }
+
+    /// The add-on's current configuration values.
+    pub async fn vpc_cni_configuration(&self) -> Option<String> {
+        self.aws
+            .eks
+            .describe_addon()
+            .cluster_name(&self.cluster)
+            .addon_name("vpc-cni")
+            .send()
+            .await
+            .expect("DescribeAddon")
+            .addon()
+            .and_then(|a| a.configuration_values())
+            .map(str::to_owned)
+    }
+
+    /// The EKS updates recorded for a node group or an add-on.
+    pub async fn updates(&self, node_group: Option<&str>, addon: Option<&str>) -> Vec<String> {
+        self.aws
+            .eks
+            .list_updates()
+            .name(&self.cluster)
+            .set_nodegroup_name(node_group.map(str::to_owned))
+            .set_addon_name(addon.map(str::to_owned))
+            .send()
+            .await
+            .expect("ListUpdates")
+            .update_ids()
+            .to_vec()
+    }
+}
+
+/// A CloudWatch Alarm State Change for the Pending-pods alarm of `cluster`.
+pub fn pending_alarm(world: &World, state: &str, previous: &str, fired_at: DateTime<Utc>) -> Value {
+    let path = format!(
+        "{}/fixtures/events/cloudwatch-alarm-pending-pods.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let mut e: Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("fixture")).expect("JSON");
+    let name = format!("{}-pending-pods", world.cluster);
+    e["region"] = json!(world.region);
+    e["account"] = json!(world.account);
+    e["id"] = json!(format!("alarm-{state}-{}", uuid::Uuid::new_v4()));
+    e["resources"] = json!([format!(
+        "arn:aws:cloudwatch:{}:{}:alarm:{name}",
+        world.region, world.account
+    )]);
+    e["detail"]["alarmName"] = json!(name);
+    e["detail"]["configuration"]["metrics"][0]["metricStat"]["metric"]["dimensions"]["ClusterName"] =
+        json!(world.cluster);
+    let stamp = |t: DateTime<Utc>| t.format("%Y-%m-%dT%H:%M:%S%.3f+0000").to_string();
+    let now = Utc::now();
+    let (state_time, previous_time) = if state == "ALARM" {
+        (fired_at, fired_at - chrono::TimeDelta::minutes(15))
+    } else {
+        (now, fired_at)
+    };
+    e["time"] = json!(state_time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+    e["detail"]["state"] =
+        json!({"value": state, "reason": "test", "timestamp": stamp(state_time)});
+    e["detail"]["previousState"] =
+        json!({"value": previous, "reason": "test", "timestamp": stamp(previous_time)});
+    e
+}
+
+impl World {
+    /// The pending-pods handler as the Lambda builds it.
+    pub fn pending_handler(&self, config: Config) -> eks_remedy::pending::PendingPods {
+        eks_remedy::pending::PendingPods::new(
+            self.aws.clone(),
+            ClusterAccess::eks(self.aws.clone()),
+            config,
+        )
+    }
+}

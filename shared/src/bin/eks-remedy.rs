@@ -1,4 +1,5 @@
-//! `eks-remedy`: the operator CLI. `replay` runs one event through exactly the Lambda handler.
+//! `eks-remedy`: the operator CLI. `replay` runs one event through exactly a Lambda's handler;
+//! `max-pods` computes a node's pod limit from EC2's instance data.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,6 +9,8 @@ use eks_remedy::access::ClusterAccess;
 use eks_remedy::aws::AwsClients;
 use eks_remedy::config::Config;
 use eks_remedy::interruption::NodeInterruption;
+use eks_remedy::maxpods::{CniMode, describe_instance_types, max_pods};
+use eks_remedy::pending::PendingPods;
 
 #[derive(Parser)]
 #[command(
@@ -27,6 +30,9 @@ enum Command {
     Replay {
         /// The event file; `-` reads standard input.
         event: PathBuf,
+        /// The function whose handler runs it; by default chosen from the event's kind.
+        #[arg(long, value_enum)]
+        function: Option<Function>,
         /// Decide and report, change nothing (overrides EKS_REMEDY_DRY_RUN).
         #[arg(long)]
         dry_run: bool,
@@ -34,6 +40,38 @@ enum Command {
         #[arg(long)]
         kubeconfig: Option<PathBuf>,
     },
+    /// Prints the VPC CNI's max pods for an instance type (DescribeInstanceTypes data).
+    MaxPods {
+        #[arg(long)]
+        instance_type: String,
+        /// With prefix delegation (ENABLE_PREFIX_DELEGATION=true).
+        #[arg(long)]
+        prefix_delegation: bool,
+        /// With custom networking (the primary ENI hosts no pods).
+        #[arg(long)]
+        custom_networking: bool,
+        /// Print the working as JSON instead of the number alone.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Function {
+    NodeInterruption,
+    PendingPods,
+}
+
+impl Function {
+    /// The function an event is for, from its kind.
+    fn for_event(payload: &serde_json::Value) -> Self {
+        let text = payload.to_string();
+        if payload.get("cluster").is_some() || text.contains("CloudWatch Alarm State Change") {
+            Self::PendingPods
+        } else {
+            Self::NodeInterruption
+        }
+    }
 }
 
 #[tokio::main]
@@ -42,13 +80,54 @@ async fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Replay {
             event,
+            function,
             dry_run,
             kubeconfig,
-        } => replay(event, dry_run, kubeconfig).await,
+        } => replay(event, function, dry_run, kubeconfig).await,
+        Command::MaxPods {
+            instance_type,
+            prefix_delegation,
+            custom_networking,
+            json,
+        } => {
+            let mode = CniMode {
+                prefix_delegation,
+                custom_networking,
+            };
+            max_pods_command(&instance_type, mode, json).await
+        }
     }
 }
 
-async fn replay(event: PathBuf, dry_run: bool, kubeconfig: Option<PathBuf>) -> ExitCode {
+async fn max_pods_command(instance_type: &str, mode: CniMode, json: bool) -> ExitCode {
+    let aws = AwsClients::from_env().await;
+    let facts = match describe_instance_types(&aws.ec2, &[instance_type.to_owned()]).await {
+        Ok(f) => f,
+        Err(err) => {
+            eprintln!("eks-remedy: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let Some(facts) = facts.into_iter().find(|f| f.instance_type == instance_type) else {
+        eprintln!("eks-remedy: EC2 does not know instance type {instance_type}");
+        return ExitCode::from(2);
+    };
+    let result = max_pods(&facts, mode);
+    if json {
+        let out = serde_json::json!({"facts": facts, "result": result});
+        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+    } else {
+        println!("{}", result.max_pods);
+    }
+    ExitCode::SUCCESS
+}
+
+async fn replay(
+    event: PathBuf,
+    function: Option<Function>,
+    dry_run: bool,
+    kubeconfig: Option<PathBuf>,
+) -> ExitCode {
     let text = if event.as_os_str() == "-" {
         std::io::read_to_string(std::io::stdin())
     } else {
@@ -84,8 +163,19 @@ async fn replay(event: PathBuf, dry_run: bool, kubeconfig: Option<PathBuf>) -> E
         },
         None => ClusterAccess::eks(aws.clone()),
     };
-    let handler = NodeInterruption::new(aws, access, config);
-    match handler.handle(&payload, None).await {
+    let result = match function.unwrap_or_else(|| Function::for_event(&payload)) {
+        Function::NodeInterruption => {
+            NodeInterruption::new(aws, access, config)
+                .handle(&payload, None)
+                .await
+        }
+        Function::PendingPods => {
+            PendingPods::new(aws, access, config)
+                .handle(&payload, None)
+                .await
+        }
+    };
+    match result {
         Ok(result) => {
             println!(
                 "{}",

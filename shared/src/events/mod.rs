@@ -5,6 +5,7 @@
 //! that turns it into [`Notice`]s, the only shape the rest of the code speaks of. Adding a kind
 //! means adding a module and a line in [`parse_event`].
 
+mod alarm;
 mod health;
 mod lifecycle_hook;
 mod rebalance;
@@ -15,6 +16,7 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use alarm::{AlarmChange, is_alarm, parse_alarm};
 pub use state_change::InstanceState;
 
 /// Why an event was rejected. Every variant names what was wrong so the sender can fix it.
