@@ -141,7 +141,10 @@ async fn unreachable_ec2_fails_the_invocation_with_the_operation_and_instance() 
         function.output()
     );
     assert_eq!(error["errorType"], "EksRemedy.AwsError");
-    assert!(message.to_lowercase().contains("connect"), "the cause is kept: {message}");
+    assert!(
+        message.to_lowercase().contains("connect"),
+        "the cause is kept: {message}"
+    );
     function.stop().await;
 }
 
