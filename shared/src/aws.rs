@@ -224,6 +224,8 @@ pub struct ClusterFacts {
     pub tags: BTreeMap<String, String>,
     /// The cluster's IAM role.
     pub role_arn: Option<String>,
+    /// The cluster's ARN (its account is the one roles are created in).
+    pub arn: Option<String>,
 }
 
 impl ClusterFacts {
@@ -268,6 +270,7 @@ pub async fn describe_cluster(
         name: name.to_owned(),
         endpoint: cluster.endpoint().unwrap_or_default().to_owned(),
         role_arn: cluster.role_arn().map(str::to_owned),
+        arn: cluster.arn().map(str::to_owned),
         ca_der,
         tags: cluster
             .tags()

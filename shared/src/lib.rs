@@ -14,6 +14,8 @@
 //! - [`interruption`]: the node-interruption function's handler.
 //! - [`pending`], [`cni`], [`maxpods`]: the pending-pods function: diagnosis of Pending pods,
 //!   the VPC CNI's configuration and the max-pods calculator.
+//! - [`volumes`]: the volume-attach function: Pod Identity for add-on controllers and volumes
+//!   held by lost nodes.
 //! - [`invocation`]: what every handler returns.
 
 pub mod access;
@@ -33,3 +35,4 @@ pub mod plan;
 pub mod report;
 pub mod telemetry;
 pub mod token;
+pub mod volumes;

@@ -658,3 +658,124 @@ impl World {
         )
     }
 }
+
+/// The EBS CSI controller Deployment (and its service account, with an IRSA annotation when
+/// `irsa_role` is given).
+pub fn ebs_csi_controller(world: &World, irsa_role: Option<&str>) {
+    world.kube.create(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "ebs-csi-controller", "namespace": "kube-system", "labels": {"app": "ebs-csi-controller"}},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "ebs-csi-controller"}},
+            "template": {"metadata": {"labels": {"app": "ebs-csi-controller"}},
+                "spec": {"serviceAccountName": "ebs-csi-controller-sa", "containers": [
+                    {"name": "ebs-plugin", "image": "public.ecr.aws/ebs-csi-driver/aws-ebs-csi-driver:v1.35.0"}]}}}
+    }));
+    let mut sa = json!({"apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": {"name": "ebs-csi-controller-sa", "namespace": "kube-system"}});
+    if let Some(role) = irsa_role {
+        sa["metadata"]["annotations"] = json!({"eks.amazonaws.com/role-arn": role});
+    }
+    world.kube.create(sa);
+}
+
+/// A PersistentVolumeClaim stuck Pending with the driver's ProvisioningFailed event `message`.
+pub fn failed_claim(world: &World, name: &str, message: &str) {
+    world.kube.create(json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": name, "namespace": "shop"},
+        "spec": {"storageClassName": "gp3", "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "50Gi"}}},
+        "status": {"phase": "Pending"}}));
+    let mut event = pod_event("shop", name, "ProvisioningFailed", message, 6);
+    event["involvedObject"]["kind"] = json!("PersistentVolumeClaim");
+    event["source"] =
+        json!({"component": "ebs.csi.aws.com_ebs-csi-controller-6d4b9c7f8d-x2x9k_5b0e3f6a"});
+    world.kube.create(event);
+}
+
+/// The driver's message when the controller has no AWS credentials.
+pub const NO_IMDS_ROLE: &str = "failed to provision volume with StorageClass \"gp3\": rpc error: code = Internal desc = Could not create volume \"pvc-37320210\": could not create volume in EC2: operation error EC2: CreateVolume, get identity: get credentials: failed to refresh cached credentials, no EC2 IMDS role found, operation error ec2imds: GetMetadata, http response error StatusCode: 404, request to EC2 IMDS failed";
+
+impl World {
+    /// An IAM role; `pod_identity` gives it the Pod Identity trust and the EBS CSI policy.
+    pub async fn role(&self, name: &str, pod_identity: bool) -> String {
+        let iam = aws_sdk_iam::Client::new(&self.sdk);
+        let trust = if pod_identity {
+            json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
+                "Principal": {"Service": "pods.eks.amazonaws.com"}, "Action": ["sts:AssumeRole", "sts:TagSession"]}]})
+        } else {
+            json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
+                "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}]})
+        };
+        let out = iam
+            .create_role()
+            .role_name(name)
+            .assume_role_policy_document(trust.to_string())
+            .send()
+            .await
+            .expect("CreateRole");
+        if pod_identity {
+            iam.attach_role_policy()
+                .role_name(name)
+                .policy_arn("arn:aws:iam::aws:policy/service-role/AmazonEBSCSIDriverPolicy")
+                .send()
+                .await
+                .expect("AttachRolePolicy");
+        }
+        out.role().map(|r| r.arn().to_owned()).unwrap_or_default()
+    }
+
+    /// An EKS add-on at `version`.
+    pub async fn addon(&self, name: &str, version: &str) {
+        self.aws
+            .eks
+            .create_addon()
+            .cluster_name(&self.cluster)
+            .addon_name(name)
+            .addon_version(version)
+            .send()
+            .await
+            .expect("CreateAddon");
+    }
+
+    /// The Pod Identity associations of the cluster: (namespace/service account, role ARN).
+    pub async fn associations(&self) -> Vec<(String, String)> {
+        let list = self
+            .aws
+            .eks
+            .list_pod_identity_associations()
+            .cluster_name(&self.cluster)
+            .send()
+            .await
+            .expect("List");
+        let mut out = Vec::new();
+        for a in list.associations() {
+            let d = self
+                .aws
+                .eks
+                .describe_pod_identity_association()
+                .cluster_name(&self.cluster)
+                .association_id(a.association_id().unwrap_or_default())
+                .send()
+                .await
+                .expect("Describe");
+            let a = d.association().unwrap();
+            out.push((
+                format!(
+                    "{}/{}",
+                    a.namespace().unwrap_or_default(),
+                    a.service_account().unwrap_or_default()
+                ),
+                a.role_arn().unwrap_or_default().to_owned(),
+            ));
+        }
+        out
+    }
+
+    /// The volume-attach handler as the Lambda builds it.
+    pub fn volume_handler(&self, config: Config) -> eks_remedy::volumes::VolumeAttach {
+        eks_remedy::volumes::VolumeAttach::new(
+            self.aws.clone(),
+            ClusterAccess::eks(self.aws.clone()),
+            config,
+        )
+    }
+}

@@ -11,6 +11,7 @@ use eks_remedy::config::Config;
 use eks_remedy::interruption::NodeInterruption;
 use eks_remedy::maxpods::{CniMode, describe_instance_types, max_pods};
 use eks_remedy::pending::PendingPods;
+use eks_remedy::volumes::VolumeAttach;
 
 #[derive(Parser)]
 #[command(
@@ -60,13 +61,20 @@ enum Command {
 enum Function {
     NodeInterruption,
     PendingPods,
+    VolumeAttach,
 }
 
 impl Function {
     /// The function an event is for, from its kind.
     fn for_event(payload: &serde_json::Value) -> Self {
         let text = payload.to_string();
-        if payload.get("cluster").is_some() || text.contains("CloudWatch Alarm State Change") {
+        if text.contains("AWS API Call via CloudTrail")
+            || text.contains("EBS Volume Notification")
+            || text.contains("Scheduled Event")
+        {
+            Self::VolumeAttach
+        } else if payload.get("cluster").is_some() || text.contains("CloudWatch Alarm State Change")
+        {
             Self::PendingPods
         } else {
             Self::NodeInterruption
@@ -171,6 +179,11 @@ async fn replay(
         }
         Function::PendingPods => {
             PendingPods::new(aws, access, config)
+                .handle(&payload, None)
+                .await
+        }
+        Function::VolumeAttach => {
+            VolumeAttach::new(aws, access, config)
                 .handle(&payload, None)
                 .await
         }
