@@ -132,9 +132,13 @@ impl Report {
     /// The title line shown in Slack and used as the email subject.
     pub fn title(&self) -> String {
         let icon = match self.outcome {
-            Some(Outcome::Drained | Outcome::Cordoned | Outcome::OutOfService) => {
-                ":white_check_mark:"
-            }
+            Some(
+                Outcome::Drained
+                | Outcome::Cordoned
+                | Outcome::OutOfService
+                | Outcome::Remediated
+                | Outcome::Resolved,
+            ) => ":white_check_mark:",
             Some(Outcome::Started) => ":hourglass_flowing_sand:",
             Some(Outcome::Ignored | Outcome::Skipped) => ":information_source:",
             _ => ":warning:",

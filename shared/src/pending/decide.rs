@@ -218,6 +218,9 @@ fn decide_capacity(facts: &Facts, settings: Settings, pending: u32, d: &mut Deci
         ),
         _ => {}
     }
+    // Limitation: free addresses are counted per subnet; a fragmented subnet may still lack a
+    // contiguous /28, which EC2 then reports as InsufficientCidrBlocks on the nodes (diagnosed as
+    // a subnet problem on the next run).
     if !facts.subnets.is_empty() && facts.subnets.iter().all(|s| s.available < PREFIX_SIZE) {
         let subnets = join(
             facts
@@ -231,7 +234,6 @@ fn decide_capacity(facts: &Facts, settings: Settings, pending: u32, d: &mut Deci
         d.next_steps.push("Free or add subnet space (or a subnet CIDR reservation for prefixes), then enable prefix delegation.".into());
         return;
     }
-    d.notes.push("Limitation: free addresses are counted per subnet; a fragmented subnet may still lack a contiguous /28 (EC2 then reports InsufficientCidrBlocks)".into());
 
     let per_node = join(nitro.iter().map(|n| {
         format!(

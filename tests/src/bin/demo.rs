@@ -1,7 +1,8 @@
-//! The eks-remedy demo: no AWS account needed. Builds a small world in moto (EKS cluster, spot
-//! instances, an SNS topic) and on the Kubernetes test API server (nodes, pods, a
-//! PodDisruptionBudget), then replays AWS documentation events through the node-interruption
-//! handler and prints the Slack messages and the node before and after.
+//! The eks-remedy demo: no AWS account needed. Builds small worlds in moto (EKS clusters, EC2
+//! instances, add-ons, IAM roles, an SNS topic) and on the Kubernetes test API server, then runs
+//! the three functions' handlers on real event shapes and prints the Slack messages:
+//! a spot interruption drained, Pending pods fixed with prefix delegation, and volumes repaired
+//! (Pod Identity for the EBS CSI driver, a volume held by a lost node).
 //!
 //! Run it through `tests/demo.sh`, which starts moto on 127.0.0.1 first.
 
@@ -148,6 +149,116 @@ async fn main() {
     report_result(&result);
     show_messages(&world).await;
     show_node(&world, &spot.name);
+
+    pending_pods().await;
+    volumes().await;
+}
+
+/// The seed's IP exhaustion: 3 c5.xlarge at 58 pods, 43 replicas Pending.
+async fn pending_pods() {
+    banner("Pending pods: 3 x c5.xlarge at max pods, 43 replicas Pending with \"Too many pods\"");
+    let world = World::new("demo-pending", true).await;
+    let mut placed = 0;
+    for _ in 0..3 {
+        let node = world.typed_node("c5.xlarge", 58, "ng-1").await;
+        for _ in 0..58 {
+            world
+                .kube
+                .create(pod("shop", &format!("web-{placed:03}"), &node.name, "web"));
+            placed += 1;
+        }
+    }
+    for p in 0..43 {
+        let name = format!("web-pending-{p:02}");
+        world.kube.create(pending_pod("shop", &name, "web"));
+        world.kube.create(pod_event(
+            "shop",
+            &name,
+            "FailedScheduling",
+            TOO_MANY_PODS,
+            1,
+        ));
+    }
+    world
+        .vpc_cni_addon(
+            "v1.18.3-eksbuild.1",
+            Some(r#"{"env":{"WARM_ENI_TARGET":"1"}}"#),
+        )
+        .await;
+    world
+        .kube
+        .create(aws_node_daemonset("v1.18.3-eksbuild.1", &[]));
+    println!(
+        "  vpc-cni configuration before: {}",
+        world.vpc_cni_configuration().await.unwrap_or_default()
+    );
+    let alarm = pending_alarm(&world, "ALARM", "OK", Utc::now());
+    println!(
+        "  CloudWatch Alarm State Change: {} -> ALARM",
+        alarm["detail"]["alarmName"].as_str().unwrap_or("")
+    );
+    let result = world
+        .pending_handler(world.config())
+        .handle(&alarm, None)
+        .await;
+    report_result(&result);
+    show_messages(&world).await;
+    println!(
+        "  vpc-cni configuration after:  {}",
+        world.vpc_cni_configuration().await.unwrap_or_default()
+    );
+}
+
+/// The seed's volume problems: no credentials for the EBS CSI driver, and a volume held by a
+/// node whose instance stopped.
+async fn volumes() {
+    banner("Volumes: the EBS CSI controller has no AWS credentials (no EC2 IMDS role found)");
+    let world = World::new("demo-volumes", true).await;
+    ebs_csi_controller(&world, None);
+    failed_claim(&world, "reports-data", NO_IMDS_ROLE);
+    world
+        .addon("aws-ebs-csi-driver", "v1.35.0-eksbuild.1")
+        .await;
+    let role = world.role("demo-ebs-csi-pod-identity", true).await;
+    let mut config = world.config();
+    config.pod_identity_roles = vec![format!("kube-system/ebs-csi-controller-sa={role}")];
+    let handler = world.volume_handler(config);
+    let result = handler
+        .handle(&json!({"cluster": world.cluster}), None)
+        .await;
+    report_result(&result);
+    show_messages(&world).await;
+    println!(
+        "  Pod Identity associations now: {:?}",
+        world.associations().await
+    );
+
+    banner(
+        "Volumes: db-0 cannot attach its volume, still held by a node whose spot instance stopped",
+    );
+    let node = world.node(None).await;
+    let _ = world
+        .aws
+        .ec2
+        .stop_instances()
+        .instance_ids(&node.instance_id)
+        .send()
+        .await;
+    world.kube.update("v1", "Node", None, &node.name, |n| {
+        n["status"]["conditions"] =
+            json!([{"type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown"}]);
+    });
+    world.kube.create(json!({"apiVersion": "storage.k8s.io/v1", "kind": "VolumeAttachment",
+        "metadata": {"name": "csi-db"},
+        "spec": {"attacher": "ebs.csi.aws.com", "nodeName": node.name, "source": {"persistentVolumeName": "pvc-db"}}}));
+    world.kube.create(pod_event("shop", "db-0", "FailedAttachVolume",
+        "Multi-Attach error for volume \"pvc-db\" Volume is already exclusively attached to one node and can't be attached to another", 1));
+    let result = handler
+        .handle(&json!({"cluster": world.cluster}), None)
+        .await;
+    report_result(&result);
+    show_messages(&world).await;
+    show_node(&world, &node.name);
 }
 
 fn report_result(
