@@ -151,3 +151,39 @@ async fn replay_exits_non_zero_with_a_reason_for_bad_input() {
     assert_eq!(code, 2);
     assert!(stderr.contains("missing.json"), "{stderr}");
 }
+
+#[tokio::test]
+async fn max_pods_reproduces_the_reference_table_from_ec2_instance_data() {
+    let world = World::new("cli-max-pods", false).await;
+    let table = std::fs::read_to_string(format!(
+        "{}/../tests/fixtures/reference/eni-max-pods.tsv",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let mut rows = table.lines();
+    let header: Vec<&str> = rows.next().unwrap().split('\t').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    for line in rows.filter(|l| !l.trim().is_empty()) {
+        let cells: Vec<&str> = line.split('\t').collect();
+        let instance_type = cells[col("instance_type")];
+        for (flags, column) in [
+            (vec![], "max_pods_secondary"),
+            (vec!["--prefix-delegation"], "max_pods_prefix"),
+            (vec!["--custom-networking"], "max_pods_custom_networking"),
+        ] {
+            let mut args = vec!["max-pods", "--instance-type", instance_type];
+            args.extend(flags.iter().copied());
+            let (code, stdout, stderr) = cli(&world, &args, false).await;
+            assert_eq!(code, 0, "{stderr}");
+            assert_eq!(stdout.to_string(), cells[col(column)], "{instance_type} {flags:?}");
+        }
+    }
+
+    let (code, stdout, _) = cli(&world, &["max-pods", "--instance-type", "c5.4xlarge", "--prefix-delegation", "--json"], false).await;
+    assert_eq!(code, 0);
+    assert_eq!(stdout["result"]["max_pods"], 110);
+    assert!(stdout["result"]["working"].as_str().unwrap().contains("capped at 110"));
+    let (code, _, stderr) = cli(&world, &["max-pods", "--instance-type", "x9.nonexistent"], false).await;
+    assert_ne!(code, 0);
+    assert!(stderr.contains("x9.nonexistent"), "{stderr}");
+}
