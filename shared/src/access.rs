@@ -111,6 +111,11 @@ impl EksAccess {
         }
     }
 
+    /// A token good for `needed` (reused from the cache when it is).
+    ///
+    /// Limitation: a client holds one token for its whole life, so an invocation longer than
+    /// the token's 15 minutes (Lambda's own maximum) would see 401s near its end; such a
+    /// failure is returned as retryable and the retry signs a new token.
     async fn token(&self, cluster: &str, needed: Duration) -> Result<EksToken, AccessError> {
         let now = SystemTime::now();
         if let Some(token) = self
