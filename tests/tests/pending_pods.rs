@@ -372,3 +372,71 @@ async fn alarms_without_a_cluster_or_for_clusters_not_allowed_change_nothing() {
     assert_eq!(result.reports[0].outcome, Some(Outcome::Ignored));
     assert!(world.kube.requests().is_empty());
 }
+
+#[tokio::test]
+async fn pods_waiting_for_a_branch_eni_turn_on_security_groups_for_pods_when_allowed() {
+    let world = World::new("pending-sgp", false).await;
+    world.typed_node("c5.xlarge", 58, "ng-1").await;
+    world.kube.create(pending_pod("payments", "api-0", "api"));
+    world.kube.create(pod_event("payments", "api-0", "FailedScheduling",
+        "0/1 nodes are available: 1 Insufficient vpc.amazonaws.com/pod-eni. preemption: 0/1 nodes are available: 1 No preemption victims found for incoming pod.", 1));
+    world.kube.create(aws_node_daemonset("v1.18.3", &[]));
+    let iam = aws_sdk_iam::Client::new(&world.sdk);
+    iam.create_role().role_name("eks-cluster").assume_role_policy_document(
+        r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"eks.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#,
+    ).send().await.unwrap();
+
+    let not_allowed = world
+        .pending_handler(world.config())
+        .handle(&json!({"cluster": world.cluster}), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        not_allowed.reports[0].outcome,
+        Some(Outcome::NeedsAttention)
+    );
+    assert!(
+        not_allowed.reports[0]
+            .next_steps
+            .iter()
+            .any(|s| s.contains("ENABLE_POD_ENI"))
+    );
+
+    let config = eks_remedy::config::Config {
+        allow_pod_eni: true,
+        ..world.config()
+    };
+    let result = world
+        .pending_handler(config)
+        .handle(&json!({"cluster": world.cluster}), None)
+        .await
+        .unwrap();
+
+    let report = &result.reports[0];
+    let steps: Vec<&str> = report.steps.iter().map(|s| s.step.action.name()).collect();
+    assert_eq!(
+        steps,
+        ["enable-pod-eni", "attach-vpc-resource-controller"],
+        "{report:#?}"
+    );
+    assert!(report.steps[0].step.reason.contains("trunk"));
+    let ds = world
+        .kube
+        .get("apps/v1", "DaemonSet", Some("kube-system"), "aws-node")
+        .unwrap();
+    let env = ds["spec"]["template"]["spec"]["containers"][0]["env"].to_string();
+    assert!(env.contains("ENABLE_POD_ENI"), "{env}");
+    let attached = iam
+        .list_attached_role_policies()
+        .role_name("eks-cluster")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        attached
+            .attached_policies()
+            .iter()
+            .any(|p| p.policy_arn()
+                == Some("arn:aws:iam::aws:policy/AmazonEKSVPCResourceController"))
+    );
+}
