@@ -386,3 +386,98 @@ async fn cloudtrail_and_ebs_events_find_their_cluster_and_unrelated_events_are_r
     assert!(result.rejected[0].contains("not a volume failure"));
     assert!(result.reports.is_empty());
 }
+
+#[tokio::test]
+async fn force_detach_frees_a_volume_of_a_stopped_instance_whose_node_is_gone_only_when_allowed() {
+    let world = World::new("force-detach", false).await;
+    let instance = world
+        .instance(Some(&world.cluster), "c5.xlarge", true)
+        .await;
+    let volume = world
+        .aws
+        .ec2
+        .create_volume()
+        .availability_zone("us-east-1a")
+        .size(50)
+        .send()
+        .await
+        .unwrap();
+    let volume_id = volume.volume_id().unwrap().to_owned();
+    world
+        .aws
+        .ec2
+        .attach_volume()
+        .volume_id(&volume_id)
+        .instance_id(&instance)
+        .device("/dev/xvdaa")
+        .send()
+        .await
+        .unwrap();
+    world
+        .aws
+        .ec2
+        .stop_instances()
+        .instance_ids(&instance)
+        .send()
+        .await
+        .unwrap();
+    world.kube.create(
+        json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "pvc-db"},
+        "spec": {"capacity": {"storage": "50Gi"}, "accessModes": ["ReadWriteOnce"],
+            "csi": {"driver": "ebs.csi.aws.com", "volumeHandle": volume_id}}}),
+    );
+    world.kube.create(json!({"apiVersion": "storage.k8s.io/v1", "kind": "VolumeAttachment", "metadata": {"name": "csi-db"},
+        "spec": {"attacher": "ebs.csi.aws.com", "nodeName": instance, "source": {"persistentVolumeName": "pvc-db"}}}));
+    let attached = |world: &World| {
+        let ec2 = world.aws.ec2.clone();
+        let id = volume_id.clone();
+        async move {
+            let out = ec2.describe_volumes().volume_ids(id).send().await.unwrap();
+            out.volumes()[0]
+                .attachments()
+                .iter()
+                .filter(|a| a.state().map(|s| s.as_str()) == Some("attached"))
+                .count()
+        }
+    };
+
+    let dry = eks_remedy::config::Config {
+        allow_force_detach: true,
+        dry_run: true,
+        ..world.config()
+    };
+    let result = world
+        .volume_handler(dry)
+        .handle(&json!({"cluster": world.cluster}), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        steps(&result.reports[0]),
+        ["delete-volume-attachment", "force-detach-volume"]
+    );
+    assert_eq!(attached(&world).await, 1, "dry-run changes nothing");
+    assert!(
+        world
+            .kube
+            .get("storage.k8s.io/v1", "VolumeAttachment", None, "csi-db")
+            .is_some()
+    );
+
+    let allowed = eks_remedy::config::Config {
+        allow_force_detach: true,
+        ..world.config()
+    };
+    let result = world
+        .volume_handler(allowed)
+        .handle(&json!({"cluster": world.cluster}), None)
+        .await
+        .unwrap();
+    assert_eq!(result.reports[0].outcome, Some(Outcome::Remediated));
+    assert_eq!(attached(&world).await, 0);
+    assert!(
+        world
+            .kube
+            .get("storage.k8s.io/v1", "VolumeAttachment", None, "csi-db")
+            .is_none()
+    );
+}
