@@ -241,8 +241,10 @@ pub async fn set_env(
                 .send()
                 .await
                 .map_err(aws_err("UpdateAddon", &format!("{cluster}/{ADDON}")))?;
+            let changed: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
             Ok(format!(
-                "UpdateAddon vpc-cni configurationValues {values} (update {})",
+                "UpdateAddon vpc-cni, configuration values merged with {} (update {})",
+                changed.join(", "),
                 update.update().and_then(|u| u.id()).unwrap_or("?")
             ))
         }

@@ -138,13 +138,18 @@ impl Config {
                 }),
             },
         };
+        // Every duration and count fits a Lambda invocation (15 minutes): larger values are
+        // mistakes, and would overflow the deadline arithmetic.
         let number = |name: &'static str, default: u64| match get(name) {
             None => Ok(default),
-            Some(v) => v.trim().parse::<u64>().map_err(|_| ConfigError {
-                name,
-                value: v,
-                expected: "a whole number",
-            }),
+            Some(v) => match v.trim().parse::<u64>() {
+                Ok(n) if n <= 900_000 => Ok(n),
+                _ => Err(ConfigError {
+                    name,
+                    value: v,
+                    expected: "a whole number up to 900000",
+                }),
+            },
         };
 
         let deadline_policy = match get("EKS_REMEDY_DEADLINE_POLICY").as_deref().map(str::trim) {
@@ -176,11 +181,10 @@ impl Config {
             deadline_policy,
             drain_on_rebalance: bool_var("EKS_REMEDY_DRAIN_ON_REBALANCE", false)?,
             eviction_concurrency: eviction_concurrency as usize,
-            max_drain: Duration::from_secs(number("EKS_REMEDY_MAX_DRAIN_SECONDS", 600)?),
-            volume_detach_wait: Duration::from_secs(number(
-                "EKS_REMEDY_VOLUME_DETACH_SECONDS",
-                60,
-            )?),
+            max_drain: Duration::from_secs(number("EKS_REMEDY_MAX_DRAIN_SECONDS", 600)?.min(900)),
+            volume_detach_wait: Duration::from_secs(
+                number("EKS_REMEDY_VOLUME_DETACH_SECONDS", 60)?.min(900),
+            ),
             poll_interval: Duration::from_millis(number("EKS_REMEDY_POLL_MILLIS", 1000)?.max(10)),
             allow_node_replacement: bool_var("EKS_REMEDY_ALLOW_NODE_REPLACEMENT", false)?,
             allow_pod_eni: bool_var("EKS_REMEDY_ALLOW_POD_ENI", false)?,
@@ -229,6 +233,13 @@ mod tests {
         let err = config(&[("EKS_REMEDY_DEADLINE_POLICY", "yolo")]).unwrap_err();
         assert!(err.to_string().contains("respect-pdb or delete"));
         assert!(config(&[("EKS_REMEDY_EVICTION_CONCURRENCY", "0")]).is_err());
+        assert!(config(&[("EKS_REMEDY_MAX_DRAIN_SECONDS", "18446744073709551615")]).is_err());
+        let c = config(&[("EKS_REMEDY_MAX_DRAIN_SECONDS", "5000")]).unwrap();
+        assert_eq!(
+            c.max_drain,
+            Duration::from_secs(900),
+            "capped at Lambda's 15 minutes"
+        );
     }
 
     #[test]

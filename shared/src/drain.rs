@@ -215,6 +215,15 @@ fn pdb_from(status: &kube::core::Status) -> Option<String> {
     })
 }
 
+/// Whether a 429 comes from a PodDisruptionBudget (its causes say `DisruptionBudget`) rather
+/// than from API Priority and Fairness.
+fn refused_by_budget(status: &kube::core::Status) -> bool {
+    status
+        .details
+        .as_ref()
+        .is_some_and(|d| d.causes.iter().any(|c| c.reason == "DisruptionBudget"))
+}
+
 fn retry_after(status: &kube::core::Status) -> Option<Duration> {
     let seconds = status.details.as_ref()?.retry_after_seconds;
     (seconds > 0).then(|| Duration::from_secs(u64::from(seconds)))
@@ -232,6 +241,9 @@ async fn move_pod(client: &Client, pod: &Pod, options: &DrainOptions, stop: &Ato
         .max(0) as u64;
     let mut delay = Duration::from_millis(250);
     let mut last_block: Option<BlockedPod> = None;
+    // Whether a PodDisruptionBudget refused the last eviction; a throttled one (API Priority
+    // and Fairness) is only retried, never deleted by the deadline policy.
+    let mut budget_refused = false;
 
     loop {
         let now = Instant::now();
@@ -246,11 +258,13 @@ async fn move_pod(client: &Client, pod: &Pod, options: &DrainOptions, stop: &Ato
 
         // A budget still blocks and the pod's grace period no longer fits: the policy decides.
         if let Some(block) = &last_block
+            && budget_refused
             && remaining <= grace
             && options.policy == DeadlinePolicy::DeleteWithRemainingGrace
         {
             let params = DeleteParams {
-                grace_period_seconds: Some(remaining as u32),
+                // At least 1: a grace of 0 removes the pod object while its containers run on.
+                grace_period_seconds: Some(remaining.max(1) as u32),
                 preconditions: uid.clone().map(|uid| Preconditions {
                     uid: Some(uid),
                     resource_version: None,
@@ -273,7 +287,7 @@ async fn move_pod(client: &Client, pod: &Pod, options: &DrainOptions, stop: &Ato
             // The grace period is shortened only when it would outlast the deadline.
             let mut delete_options = json!({});
             if remaining < grace {
-                delete_options["gracePeriodSeconds"] = json!(remaining);
+                delete_options["gracePeriodSeconds"] = json!(remaining.max(1));
             }
             if let Some(uid) = &uid {
                 delete_options["preconditions"] = json!({"uid": uid});
@@ -293,6 +307,7 @@ async fn move_pod(client: &Client, pod: &Pod, options: &DrainOptions, stop: &Ato
                 // is gone and a new one took its name.
                 Err(err) if matches!(status_code(&err), Some(404 | 409)) => return Moved::Gone,
                 Err(kube::Error::Api(status)) if status.code == 429 => {
+                    budget_refused = refused_by_budget(&status);
                     let pdb = pdb_from(&status);
                     last_block = Some(BlockedPod {
                         pod: who.clone(),
@@ -312,6 +327,7 @@ async fn move_pod(client: &Client, pod: &Pod, options: &DrainOptions, stop: &Ato
                     if status.code == 500
                         && status.message.contains("more than one PodDisruptionBudget") =>
                 {
+                    budget_refused = true;
                     last_block = Some(BlockedPod {
                         pod: who.clone(),
                         pdb: None,
@@ -525,6 +541,15 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(pdb_from(&status).as_deref(), Some("checkout-pdb"));
+        assert!(refused_by_budget(&status));
         assert_eq!(retry_after(&status), Some(Duration::from_secs(10)));
+
+        let throttled: kube::core::Status = serde_json::from_value(json!({
+            "code": 429, "reason": "TooManyRequests",
+            "message": "Too many requests, please try again later.",
+            "details": {"retryAfterSeconds": 1}
+        }))
+        .unwrap();
+        assert!(!refused_by_budget(&throttled), "API Priority and Fairness");
     }
 }

@@ -52,6 +52,10 @@ pub struct Incident {
 pub struct SeenEvent {
     pub kind: String,
     pub id: String,
+    /// A token unique to the invocation that recorded the event, so an invocation whose write
+    /// landed but whose answer was lost recognises its own record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim: Option<String>,
 }
 
 /// What claiming the incident found.
@@ -70,6 +74,13 @@ pub enum Claim {
 
 impl Claim {
     pub fn incident(&self) -> &Incident {
+        match self {
+            Self::Opened(i) | Self::Joined(i) | Self::Repeated(i) => i,
+            Self::Escalated { incident, .. } => incident,
+        }
+    }
+
+    fn incident_mut(&mut self) -> &mut Incident {
         match self {
             Self::Opened(i) | Self::Joined(i) | Self::Repeated(i) => i,
             Self::Escalated { incident, .. } => incident,
@@ -105,8 +116,9 @@ pub fn incident_id(cluster: &str, notice: &Notice) -> String {
 /// Decides what claiming would find, without writing (used as is in dry-run).
 pub fn evaluate(existing: Option<Incident>, cluster: &str, notice: &Notice, level: Level) -> Claim {
     let seen = SeenEvent {
-        kind: notice.kind.name().to_owned(),
+        kind: notice.kind.repeat_key(),
         id: notice.event_id.clone(),
+        claim: None,
     };
     match existing {
         None => Claim::Opened(Incident {
@@ -117,6 +129,12 @@ pub fn evaluate(existing: Option<Incident>, cluster: &str, notice: &Notice, leve
             events: vec![seen],
             drain_outcome: None,
         }),
+        Some(mut incident) if incident.level < level => {
+            let from = incident.level;
+            incident.level = level;
+            incident.events.push(seen);
+            Claim::Escalated { incident, from }
+        }
         Some(incident)
             if incident
                 .events
@@ -124,12 +142,6 @@ pub fn evaluate(existing: Option<Incident>, cluster: &str, notice: &Notice, leve
                 .any(|e| e.kind == seen.kind || (!e.id.is_empty() && e.id == seen.id)) =>
         {
             Claim::Repeated(incident)
-        }
-        Some(mut incident) if incident.level < level => {
-            let from = incident.level;
-            incident.level = level;
-            incident.events.push(seen);
-            Claim::Escalated { incident, from }
         }
         Some(mut incident) => {
             incident.events.push(seen);
@@ -147,18 +159,52 @@ pub async fn claim(
     level: Level,
     deadline: Instant,
 ) -> Result<Claim, kube::Error> {
+    let token = claim_token();
+    let mut attempted: Option<Claim> = None;
     loop {
         let node = retrying(deadline, || nodes.get(node_name)).await?;
-        let claim = evaluate(read(&node, &notice.instance_id), cluster, notice, level);
+        let existing = read(&node, &notice.instance_id);
+
+        // A retried write that conflicts may be conflicting with itself: the first try landed
+        // and only its answer was lost.
+        let landed = existing.as_ref().is_some_and(|i| {
+            i.events
+                .iter()
+                .any(|e| e.claim.as_deref() == Some(token.as_str()))
+        });
+        if let (true, Some(claim)) = (landed, attempted.take()) {
+            return Ok(claim);
+        }
+
+        let mut claim = evaluate(existing, cluster, notice, level);
         if matches!(claim, Claim::Repeated(_)) {
             return Ok(claim);
         }
+        if let Some(seen) = claim.incident_mut().events.last_mut() {
+            seen.claim = Some(token.clone());
+        }
         match write(nodes, &node, claim.incident(), deadline).await {
             Ok(()) => return Ok(claim),
-            Err(err) if is_conflict(&err) && Instant::now() < deadline => continue,
+            Err(err) if is_conflict(&err) && Instant::now() < deadline => {
+                attempted = Some(claim);
+            }
             Err(err) => return Err(err),
         }
     }
+}
+
+/// A token no other invocation uses: the standard library seeds every `RandomState` from the
+/// operating system's randomness.
+fn claim_token() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    format!("{:016x}", hasher.finish())
 }
 
 /// Records the drain outcome on the incident, so joined invocations can stop waiting.
@@ -180,6 +226,32 @@ pub async fn record_drain_outcome(
         };
         incident.drain_outcome = Some(outcome.to_owned());
         match write(nodes, &node, &incident, deadline).await {
+            Ok(()) => return Ok(()),
+            Err(err) if is_conflict(&err) && Instant::now() < deadline => continue,
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+/// Removes the node's incident record (the instance runs again).
+pub async fn close(
+    nodes: &Api<Node>,
+    node_name: &str,
+    instance_id: &str,
+    deadline: Instant,
+) -> Result<(), kube::Error> {
+    loop {
+        let node = retrying(deadline, || nodes.get(node_name)).await?;
+        if read(&node, instance_id).is_none() {
+            return Ok(());
+        }
+        let rv = node.metadata.resource_version.clone().unwrap_or_default();
+        let path = format!("/metadata/annotations/{}", ANNOTATION.replace('/', "~1"));
+        let ops = vec![
+            json!({"op": "test", "path": "/metadata/resourceVersion", "value": rv}),
+            json!({"op": "remove", "path": path}),
+        ];
+        match patch_json(nodes, node_name, ops, deadline).await {
             Ok(()) => return Ok(()),
             Err(err) if is_conflict(&err) && Instant::now() < deadline => continue,
             Err(err) => return Err(err),

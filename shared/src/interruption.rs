@@ -8,21 +8,21 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::Node;
 use kube::{Api, Client};
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::access::ClusterAccess;
-use crate::aws::{AwsClients, ClusterFacts, describe_cluster, describe_instance};
+use crate::aws::{AwsClients, ClusterFacts, describe_instance};
 use crate::config::Config;
 use crate::drain::{self, DrainOptions, DrainReport};
-use crate::events::{Notice, NoticeKind, parse_event, unwrap_deliveries};
+use crate::events::{InstanceState, Notice, NoticeKind, parse_event};
 use crate::incident::{self, Claim, Level};
 use crate::lifecycle::{self, Completion};
 use crate::nodes;
 use crate::plan::{self, Action, Plan};
 use crate::report::{Notifier, Outcome, Report, Stage, StepResult};
 
-use crate::invocation::kube_err;
+use crate::invocation::{Function, admit_cluster, dispatch, kube_err};
 pub use crate::invocation::{HandlerError, InvocationResult};
 
 /// Kept free at the end of an invocation to report and answer.
@@ -39,6 +39,20 @@ pub struct NodeInterruption {
 /// Facts gathered about the notice's instance and cluster.
 struct Target {
     cluster: ClusterFacts,
+}
+
+impl Function for NodeInterruption {
+    fn new(aws: AwsClients, access: ClusterAccess, config: Config) -> Self {
+        Self::new(aws, access, config)
+    }
+
+    async fn handle(
+        &self,
+        payload: &Value,
+        deadline: Option<Instant>,
+    ) -> Result<InvocationResult, HandlerError> {
+        self.handle(payload, deadline).await
+    }
 }
 
 impl NodeInterruption {
@@ -63,51 +77,17 @@ impl NodeInterruption {
         let until = invocation_deadline
             .map(|d| d.checked_sub(INVOCATION_MARGIN).unwrap_or(d))
             .unwrap_or_else(|| Instant::now() + self.config.max_drain + Duration::from_secs(60));
-        let mut result = InvocationResult::default();
-        let deliveries = match unwrap_deliveries(payload) {
-            Ok(d) => d,
-            Err(err) => {
-                tracing::warn!(error = %err, outcome = "rejected", "event rejected");
-                result.rejected.push(err.to_string());
-                return Ok(result);
-            }
-        };
-        let batch = deliveries.iter().any(|d| d.message_id.is_some());
-
-        let mut first_error = None;
-        for delivery in deliveries {
-            let notices = delivery.event.and_then(|event| parse_event(&event));
-            let notices = match notices {
-                Ok(n) => n,
-                Err(err) => {
-                    tracing::warn!(error = %err, outcome = "rejected", "event rejected");
-                    result.rejected.push(err.to_string());
-                    continue;
-                }
-            };
-            for notice in notices {
-                match self.handle_notice(&notice, until).await {
-                    Ok(reports) => result.reports.extend(reports),
-                    Err(err) => {
-                        tracing::error!(instance_id = %notice.instance_id, kind = notice.kind.name(), error = %err, retryable = err.retryable(), "notice failed");
-                        result.errors.push(err.to_string());
-                        if err.retryable() {
-                            if let Some(id) = &delivery.message_id {
-                                result
-                                    .batch_item_failures
-                                    .push(json!({"itemIdentifier": id}));
-                            } else if first_error.is_none() {
-                                first_error = Some(err);
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        match first_error {
-            Some(err) if !batch => Err(err),
-            _ => Ok(result),
-        }
+        dispatch(
+            payload,
+            None,
+            |event| async move { parse_event(&event) },
+            |notice: Notice| async move {
+                self.handle_notice(&notice, until).await.inspect_err(|err| {
+                    tracing::error!(instance_id = %notice.instance_id, kind = notice.kind.name(), error = %err, "notice failed");
+                })
+            },
+        )
+        .await
     }
 
     async fn handle_notice(
@@ -135,6 +115,16 @@ impl NodeInterruption {
 
         let level = match plan::target_level(notice, &self.config) {
             Ok(level) => level,
+            Err(why)
+                if notice.kind
+                    == (NoticeKind::StateChange {
+                        state: InstanceState::Running,
+                    }) =>
+            {
+                return self
+                    .recover(notice, &target.cluster, until, report, why)
+                    .await;
+            }
             Err(why) => {
                 return Ok(vec![
                     self.finish(report, Outcome::Ignored, why, false).await,
@@ -165,7 +155,9 @@ impl NodeInterruption {
                         "instance {} is not a cluster node of {cluster}",
                         notice.instance_id
                     ),
-                    true,
+                    // Every scale-in sends state changes after the node is gone: only a
+                    // completed lifecycle action is worth a message.
+                    notice.lifecycle_action.is_some(),
                 )
                 .await,
             );
@@ -218,6 +210,59 @@ impl NodeInterruption {
         .await
     }
 
+    /// The instance runs again (a stopped instance was started, a rebalance passed): undo what
+    /// eks-remedy did to its node, so it takes pods again, and close the incident.
+    async fn recover(
+        &self,
+        notice: &Notice,
+        cluster: &ClusterFacts,
+        until: Instant,
+        mut report: Report,
+        why: String,
+    ) -> Result<Vec<Report>, HandlerError> {
+        let client = self
+            .access
+            .client(cluster, until.saturating_duration_since(Instant::now()))
+            .await?;
+        let nodes_api: Api<Node> = Api::all(client);
+        let node = nodes::find_by_instance(&nodes_api, &notice.instance_id, until)
+            .await
+            .map_err(|e| self.kube_failure(&cluster.name, "list nodes", e))?;
+        let Some(incident) = node
+            .as_ref()
+            .and_then(|n| incident::read(n, &notice.instance_id))
+        else {
+            return Ok(vec![
+                self.finish(report, Outcome::Ignored, why, false).await,
+            ]);
+        };
+        let name = node.and_then(|n| n.metadata.name).unwrap_or_default();
+        report.node = Some(name.clone());
+        report.incident_id = incident.id.clone();
+        if !self.config.dry_run {
+            let undo = async {
+                nodes::uncordon(&nodes_api, &name, until).await?;
+                nodes::remove_taint(&nodes_api, &name, nodes::INTERRUPTION_TAINT_KEY, until)
+                    .await?;
+                incident::close(&nodes_api, &name, &notice.instance_id, until).await
+            };
+            undo.await
+                .map_err(|e| self.kube_failure(&cluster.name, "undo the interruption", e))?;
+        }
+        let summary = format!(
+            "Instance {} is running again: {name} uncordoned, its interruption taint removed, incident closed.",
+            notice.instance_id
+        );
+        let summary = if self.config.dry_run {
+            format!("Dry run, nothing changed. {summary}")
+        } else {
+            summary
+        };
+        Ok(vec![
+            self.finish(report, Outcome::Resolved, summary, true).await,
+        ])
+    }
+
     /// Instance and cluster facts; `Err` carries the outcome when there is nothing to do.
     async fn find_target(
         &self,
@@ -246,35 +291,9 @@ impl NodeInterruption {
             )));
         };
         report.cluster = Some(cluster.clone());
-        let facts = describe_cluster(&self.aws.eks, &cluster).await?;
-        let allowed =
-            self.config.clusters.allows(&cluster) || facts.as_ref().is_some_and(|f| f.opted_in());
-        if !allowed {
-            return Ok(Err((
-                Outcome::Ignored,
-                format!(
-                    "cluster {cluster} is not in EKS_REMEDY_CLUSTERS and not tagged {}=true",
-                    crate::aws::OPT_IN_TAG
-                ),
-                false,
-            )));
-        }
-        let cluster = match (facts, &self.access) {
-            (Some(facts), _) => facts,
-            (None, ClusterAccess::Kubeconfig(_)) => ClusterFacts {
-                name: cluster,
-                ..ClusterFacts::default()
-            },
-            (None, ClusterAccess::Eks(_)) => {
-                return Ok(Err((
-                    Outcome::Ignored,
-                    format!(
-                        "cluster {cluster} is unknown to EKS in {}",
-                        self.aws.region()
-                    ),
-                    false,
-                )));
-            }
+        let cluster = match admit_cluster(&self.aws, &self.access, &self.config, &cluster).await? {
+            Ok(facts) => facts,
+            Err(why) => return Ok(Err((Outcome::Ignored, why, false))),
         };
         Ok(Ok(Target { cluster }))
     }
@@ -368,6 +387,9 @@ impl NodeInterruption {
 
         let mut drained: Option<DrainReport> = None;
         let mut failure: Option<String> = None;
+        // A lifecycle action that could not be completed is reported with the drain, then
+        // returned so Lambda retries the event (the retry only completes the action).
+        let mut retry: Option<HandlerError> = None;
         let mut raced = false;
         for step in plan.steps {
             let result = if dry_run {
@@ -421,11 +443,17 @@ impl NodeInterruption {
                         self.await_drain(&nodes_api, node, &notice.instance_id, deadline)
                             .await
                     }
-                    Action::CompleteLifecycleAction => {
-                        let r = self.complete_hook(notice).await?;
-                        report.steps.push(r);
-                        continue;
-                    }
+                    Action::CompleteLifecycleAction => match self.complete_hook(notice).await {
+                        Ok(r) => {
+                            report.steps.push(r);
+                            continue;
+                        }
+                        Err(err) => {
+                            let text = format!("{err}; the event will be retried");
+                            retry = Some(err);
+                            Err(text)
+                        }
+                    },
                     // The interruption plan never holds another function's remediation.
                     Action::Remediation { name } => {
                         Err(format!("{name} is not an interruption action"))
@@ -563,6 +591,9 @@ impl NodeInterruption {
             summary
         };
         self.publish(&report).await;
+        if let Some(err) = retry {
+            return Err(err);
+        }
         reports.push(report);
         Ok(reports)
     }

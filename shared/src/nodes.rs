@@ -139,6 +139,20 @@ pub async fn cordon(nodes: &Api<Node>, name: &str, deadline: Instant) -> Result<
     Ok(true)
 }
 
+/// Makes the node schedulable again. Returns whether anything changed.
+pub async fn uncordon(
+    nodes: &Api<Node>,
+    name: &str,
+    deadline: Instant,
+) -> Result<bool, kube::Error> {
+    let node = retrying(deadline, || nodes.get(name)).await?;
+    if !is_cordoned(&node) {
+        return Ok(false);
+    }
+    retrying(deadline, || nodes.uncordon(name)).await?;
+    Ok(true)
+}
+
 /// Adds a taint and keeps every other one. A strategic merge patch of `spec.taints` would
 /// replace the whole list, so this reads the node and sends a JSON patch guarded by the
 /// resourceVersion it read, re-reading on a conflict. Returns whether anything changed.

@@ -99,9 +99,17 @@ pub fn decide(notice: &Notice, level: Level, claim: &Claim, deadline: DateTime<U
             incident.id
         ));
         if notice.lifecycle_action.is_some() {
+            // The first delivery may still be draining: completing now would let Auto Scaling
+            // terminate the instance under the pods.
+            if incident.level >= Level::Drain && incident.drain_outcome.is_none() {
+                plan.step(
+                    Action::AwaitDrain,
+                    "the first delivery is still draining this node",
+                );
+            }
             plan.step(
                 Action::CompleteLifecycleAction,
-                "the lifecycle action may still be waiting; completing it again is harmless",
+                "a repeated hook event: the action completes once the drain is over (Auto Scaling answers 'no active lifecycle action' if it already is)",
             );
         }
         return plan;

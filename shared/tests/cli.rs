@@ -175,15 +175,40 @@ async fn max_pods_reproduces_the_reference_table_from_ec2_instance_data() {
             args.extend(flags.iter().copied());
             let (code, stdout, stderr) = cli(&world, &args, false).await;
             assert_eq!(code, 0, "{stderr}");
-            assert_eq!(stdout.to_string(), cells[col(column)], "{instance_type} {flags:?}");
+            assert_eq!(
+                stdout.to_string(),
+                cells[col(column)],
+                "{instance_type} {flags:?}"
+            );
         }
     }
 
-    let (code, stdout, _) = cli(&world, &["max-pods", "--instance-type", "c5.4xlarge", "--prefix-delegation", "--json"], false).await;
+    let (code, stdout, _) = cli(
+        &world,
+        &[
+            "max-pods",
+            "--instance-type",
+            "c5.4xlarge",
+            "--prefix-delegation",
+            "--json",
+        ],
+        false,
+    )
+    .await;
     assert_eq!(code, 0);
     assert_eq!(stdout["result"]["max_pods"], 110);
-    assert!(stdout["result"]["working"].as_str().unwrap().contains("capped at 110"));
-    let (code, _, stderr) = cli(&world, &["max-pods", "--instance-type", "x9.nonexistent"], false).await;
+    assert!(
+        stdout["result"]["working"]
+            .as_str()
+            .unwrap()
+            .contains("capped at 110")
+    );
+    let (code, _, stderr) = cli(
+        &world,
+        &["max-pods", "--instance-type", "x9.nonexistent"],
+        false,
+    )
+    .await;
     assert_ne!(code, 0);
     assert!(stderr.contains("x9.nonexistent"), "{stderr}");
 }

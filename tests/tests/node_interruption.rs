@@ -804,3 +804,111 @@ async fn volume_attachments_that_stay_are_reported_after_the_bounded_wait() {
         end.notes
     );
 }
+
+#[tokio::test]
+async fn stopping_then_terminated_escalates_and_a_restart_gives_the_node_back() {
+    let world = World::new("stop-start", false).await;
+    let node = world.node(None).await;
+    world.kube.create(pod("shop", "a-1", &node.name, "a"));
+    let handler = world.handler(world.config());
+
+    handler
+        .handle(
+            &state_change(&world, &node.instance_id, "stopping", Utc::now()),
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(world.pods_on(&node.name).is_empty());
+
+    // Started again: the node takes pods again and the incident is closed.
+    let running = handler
+        .handle(
+            &state_change(&world, &node.instance_id, "running", Utc::now()),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcomes(&running), [Some(Outcome::Resolved)]);
+    let state = world.node_state(&node.name).unwrap();
+    assert_eq!(state["spec"].get("unschedulable"), None);
+    assert!(taint_keys(&state).is_empty());
+    assert!(state["metadata"]["annotations"].get(ANNOTATION).is_none());
+
+    // The next stop is a new incident and drains the new pod; then termination escalates it.
+    world.kube.create(pod("shop", "a-2", &node.name, "a"));
+    let second = handler
+        .handle(
+            &state_change(&world, &node.instance_id, "stopping", Utc::now()),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcomes(&second).last(), Some(&Some(Outcome::Drained)));
+    assert!(world.pods_on(&node.name).is_empty());
+    let gone = handler
+        .handle(
+            &state_change(&world, &node.instance_id, "terminated", Utc::now()),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcomes(&gone), [Some(Outcome::OutOfService)]);
+}
+
+#[tokio::test]
+async fn a_repeated_hook_event_waits_for_the_drain_before_completing() {
+    let world = World::new("hook-repeat", false).await;
+    let (group, hook, instance) = world.auto_scaling_group("ng-rep", 300).await;
+    let name = "ip-10-0-9-9.ec2.internal";
+    world
+        .kube
+        .create(node_object(name, &instance, "us-east-1a"));
+    world
+        .kube
+        .create(pod("shop", "checkout-1", name, "checkout"));
+    world
+        .kube
+        .create(pdb("shop", "checkout-pdb", "checkout", 1));
+    let handler = world.handler(world.config());
+    let event = lifecycle_action(&world, &group, &hook, &instance, Utc::now());
+
+    let first = handler.handle(&event, None);
+    let repeat = async {
+        tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+        let state_during_drain = world.lifecycle_state(&instance).await;
+        let relax = async {
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            world.kube.remove(
+                "policy/v1",
+                "PodDisruptionBudget",
+                Some("shop"),
+                "checkout-pdb",
+            );
+        };
+        let (repeated, ()) = tokio::join!(handler.handle(&event, None), relax);
+        (state_during_drain, repeated)
+    };
+    let (first, (state_during_drain, repeated)) = tokio::join!(first, repeat);
+
+    assert_ne!(state_during_drain, "Terminating:Proceed");
+    assert_eq!(
+        outcomes(&first.unwrap()).last(),
+        Some(&Some(Outcome::Drained))
+    );
+    let repeated = repeated.unwrap();
+    let names: Vec<String> = repeated
+        .reports
+        .last()
+        .unwrap()
+        .steps
+        .iter()
+        .map(|s| s.step.action.name().to_owned())
+        .collect();
+    assert_eq!(names, ["await-drain", "complete-lifecycle-action"]);
+    assert!(world.pods_on(name).is_empty());
+    assert_eq!(
+        world.lifecycle_state(&instance).await,
+        "Terminating:Proceed"
+    );
+}

@@ -325,13 +325,17 @@ async fn attachments_to_deleted_nodes_are_removed_and_ready_nodes_are_never_deta
     for (name, node, pv) in [
         ("csi-gone", "ip-10-9-9-9.ec2.internal", "pvc-gone"),
         ("csi-ready", ready.name.as_str(), "pvc-ready"),
+        // No pod failed on this one: it is left alone even though its node is gone.
+        ("csi-quiet", "ip-10-9-9-8.ec2.internal", "pvc-quiet"),
     ] {
         world.kube.create(json!({"apiVersion": "storage.k8s.io/v1", "kind": "VolumeAttachment",
             "metadata": {"name": name},
             "spec": {"attacher": "ebs.csi.aws.com", "nodeName": node, "source": {"persistentVolumeName": pv}}}));
     }
-    world.kube.create(pod_event("shop", "db-1", "FailedAttachVolume",
-        "Multi-Attach error for volume \"pvc-ready\" Volume is already exclusively attached to one node and can't be attached to another", 1));
+    for (pod, pv) in [("db-1", "pvc-ready"), ("db-2", "pvc-gone")] {
+        world.kube.create(pod_event("shop", pod, "FailedAttachVolume",
+            &format!("Multi-Attach error for volume \"{pv}\" Volume is already exclusively attached to one node and can't be attached to another"), 1));
+    }
 
     let result = world
         .volume_handler(world.config())
@@ -346,6 +350,12 @@ async fn attachments_to_deleted_nodes_are_removed_and_ready_nodes_are_never_deta
             .kube
             .get("storage.k8s.io/v1", "VolumeAttachment", None, "csi-gone")
             .is_none()
+    );
+    assert!(
+        world
+            .kube
+            .get("storage.k8s.io/v1", "VolumeAttachment", None, "csi-quiet")
+            .is_some()
     );
     assert!(
         world
@@ -428,6 +438,8 @@ async fn force_detach_frees_a_volume_of_a_stopped_instance_whose_node_is_gone_on
     );
     world.kube.create(json!({"apiVersion": "storage.k8s.io/v1", "kind": "VolumeAttachment", "metadata": {"name": "csi-db"},
         "spec": {"attacher": "ebs.csi.aws.com", "nodeName": instance, "source": {"persistentVolumeName": "pvc-db"}}}));
+    world.kube.create(pod_event("shop", "db-0", "FailedAttachVolume",
+        "Multi-Attach error for volume \"pvc-db\" Volume is already exclusively attached to one node and can't be attached to another", 1));
     let attached = |world: &World| {
         let ec2 = world.aws.ec2.clone();
         let id = volume_id.clone();

@@ -64,6 +64,15 @@ impl NoticeKind {
         }
     }
 
+    /// What makes two notices of one instance the same event for the incident record: the kind,
+    /// and for state changes the state (stopping then terminated are two events).
+    pub fn repeat_key(&self) -> String {
+        match self {
+            Self::StateChange { state } => format!("state-change:{state}"),
+            other => other.name().to_owned(),
+        }
+    }
+
     /// A phrase for people.
     pub fn describe(&self) -> String {
         match self {

@@ -140,8 +140,10 @@ fn decide_capacity(facts: &Facts, settings: Settings, pending: u32, d: &mut Deci
     let after: u32 = nodes
         .iter()
         .map(|n| {
-            if n.nitro {
-                n.with_prefix_delegation.max(n.allocatable)
+            // Replaced nodes get the prefix-delegation value, which can be lower than today's
+            // (c5.4xlarge: 234 -> 110); such groups are not replaced (see below).
+            if n.nitro && n.with_prefix_delegation > n.allocatable {
+                n.with_prefix_delegation
             } else {
                 n.allocatable
             }
@@ -235,6 +237,25 @@ fn decide_capacity(facts: &Facts, settings: Settings, pending: u32, d: &mut Deci
         return;
     }
 
+    let losing = join(
+        nitro
+            .iter()
+            .filter(|n| n.with_prefix_delegation < n.allocatable)
+            .map(|n| {
+                format!(
+                    "{} ({} {} -> {})",
+                    n.node_group.clone().unwrap_or_else(|| n.name.clone()),
+                    n.instance_type,
+                    n.allocatable,
+                    n.with_prefix_delegation
+                )
+            }),
+    );
+    if !losing.is_empty() {
+        d.notes.push(format!(
+            "prefix delegation lowers max pods on these nodes, which are not replaced: {losing}"
+        ));
+    }
     let per_node = join(nitro.iter().map(|n| {
         format!(
             "{} {} -> {}",
@@ -250,6 +271,7 @@ fn decide_capacity(facts: &Facts, settings: Settings, pending: u32, d: &mut Deci
         settings,
         &nitro
             .iter()
+            .filter(|n| n.with_prefix_delegation > n.allocatable)
             .map(|n| n.node_group.clone())
             .collect::<Vec<_>>(),
         d,
@@ -442,6 +464,34 @@ mod tests {
                 .iter()
                 .any(|s| s.contains("update-nodegroup-version"))
         );
+    }
+
+    #[test]
+    fn groups_that_would_lose_capacity_are_not_replaced() {
+        let mut facts = seed(10, &[], "v1.18.3");
+        facts.nodes.push(NodeCapacity {
+            node_group: Some("ng-big".into()),
+            ..node(9, "c5.4xlarge", true, 234, 110, 234)
+        });
+        let d = decide(
+            &facts,
+            Settings {
+                allow_node_replacement: true,
+                allow_pod_eni: false,
+            },
+        );
+        assert_eq!(
+            d.steps[1].0,
+            Step::ReplaceNodes {
+                node_groups: vec!["ng-1".into()]
+            }
+        );
+        assert!(
+            d.notes
+                .iter()
+                .any(|n| n.contains("ng-big") && n.contains("234 -> 110"))
+        );
+        assert_eq!(d.capacity.unwrap().after, 330 + 234);
     }
 
     #[test]

@@ -17,11 +17,13 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use crate::access::ClusterAccess;
-use crate::aws::{AwsClients, ClusterFacts, aws_err, describe_cluster};
+use crate::aws::{AwsClients, aws_err};
 use crate::cni;
 use crate::config::Config;
-use crate::events::{AlarmChange, EventError, is_alarm, parse_alarm, unwrap_deliveries};
-use crate::invocation::{HandlerError, InvocationResult, kube_err};
+use crate::events::{AlarmChange, EventError, is_alarm, parse_alarm};
+use crate::invocation::{
+    Function, HandlerError, InvocationResult, admit_cluster, dispatch, kube_err,
+};
 use crate::nodes::{is_conflict, retrying, status_code};
 use crate::report::{Notifier, Outcome, Report, StepResult};
 use decide::{Decision, Settings, Step, VPC_RESOURCE_CONTROLLER_POLICY, decide};
@@ -154,6 +156,20 @@ pub struct PendingPods {
     pub notifier: Notifier,
 }
 
+impl Function for PendingPods {
+    fn new(aws: AwsClients, access: ClusterAccess, config: Config) -> Self {
+        Self::new(aws, access, config)
+    }
+
+    async fn handle(
+        &self,
+        payload: &Value,
+        deadline: Option<Instant>,
+    ) -> Result<InvocationResult, HandlerError> {
+        self.handle(payload, deadline).await
+    }
+}
+
 impl PendingPods {
     pub fn new(aws: AwsClients, access: ClusterAccess, config: Config) -> Self {
         let notifier = Notifier::new(aws.sns.clone(), config.topic_arn.clone());
@@ -174,56 +190,13 @@ impl PendingPods {
         invocation_deadline: Option<Instant>,
     ) -> Result<InvocationResult, HandlerError> {
         let until = invocation_deadline.unwrap_or_else(|| Instant::now() + self.config.max_drain);
-        let mut result = InvocationResult::default();
-        // A direct request is not an EventBridge event: only unwrap envelopes.
-        let deliveries = if payload.get("cluster").is_some() {
-            vec![crate::events::Delivery {
-                message_id: None,
-                event: Ok(payload.clone()),
-            }]
-        } else {
-            match unwrap_deliveries(payload) {
-                Ok(d) => d,
-                Err(err) => {
-                    result.rejected.push(err.to_string());
-                    return Ok(result);
-                }
-            }
-        };
-        let mut first_error = None;
-        let batch = deliveries.iter().any(|d| d.message_id.is_some());
-        for delivery in deliveries {
-            let requests = delivery.event.and_then(|e| requests_from(&e));
-            let requests = match requests {
-                Ok(r) => r,
-                Err(err) => {
-                    tracing::warn!(error = %err, outcome = "rejected", "event rejected");
-                    result.rejected.push(err.to_string());
-                    continue;
-                }
-            };
-            for request in requests {
-                match self.handle_request(&request, until).await {
-                    Ok(report) => result.reports.push(report),
-                    Err(err) => {
-                        tracing::error!(error = %err, retryable = err.retryable(), "pending-pods request failed");
-                        result.errors.push(err.to_string());
-                        if err.retryable() {
-                            match &delivery.message_id {
-                                Some(id) => result
-                                    .batch_item_failures
-                                    .push(json!({"itemIdentifier": id})),
-                                None => first_error = first_error.or(Some(err)),
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        match first_error {
-            Some(err) if !batch => Err(err),
-            _ => Ok(result),
-        }
+        dispatch(
+            payload,
+            Some("cluster"),
+            |event| async move { requests_from(&event) },
+            |request| async move { self.handle_request(&request, until).await.map(|r| vec![r]) },
+        )
+        .await
     }
 
     async fn handle_request(
@@ -250,39 +223,11 @@ impl PendingPods {
             event_id: alarm.clone().unwrap_or_default(),
             ..Report::default()
         };
-        let facts = describe_cluster(&self.aws.eks, cluster).await?;
-        let allowed = self.config.clusters.allows(cluster)
-            || facts.as_ref().is_some_and(ClusterFacts::opted_in);
-        if !allowed {
-            return Ok(self
-                .done(
-                    report,
-                    Outcome::Ignored,
-                    format!(
-                        "cluster {cluster} is not in EKS_REMEDY_CLUSTERS and not tagged {}=true",
-                        crate::aws::OPT_IN_TAG
-                    ),
-                    false,
-                )
-                .await);
-        }
-        let cluster_facts = match (facts, &self.access) {
-            (Some(f), _) => f,
-            (None, ClusterAccess::Kubeconfig(_)) => ClusterFacts {
-                name: cluster.clone(),
-                ..ClusterFacts::default()
-            },
-            (None, ClusterAccess::Eks(_)) => {
-                return Ok(self
-                    .done(
-                        report,
-                        Outcome::Ignored,
-                        format!("cluster {cluster} is unknown to EKS"),
-                        false,
-                    )
-                    .await);
-            }
-        };
+        let cluster_facts =
+            match admit_cluster(&self.aws, &self.access, &self.config, cluster).await? {
+                Ok(facts) => facts,
+                Err(why) => return Ok(self.done(report, Outcome::Ignored, why, false).await),
+            };
         let client = self
             .access
             .client(
@@ -370,6 +315,37 @@ impl PendingPods {
             return Ok(self.done(report, outcome, summary, publish).await);
         }
 
+        let record = |actions: Vec<String>| PendingIncident {
+            id: report.incident_id.clone(),
+            opened_at: incident
+                .as_ref()
+                .map(|i| i.opened_at)
+                .unwrap_or_else(Utc::now),
+            pending_before: incident
+                .as_ref()
+                .map(|i| i.pending_before)
+                .unwrap_or(decision.ip_related),
+            actions,
+        };
+
+        // Claim the steps before applying them: of two invocations that read the same
+        // incident (a repeated alarm during the rollout), only the first applies them.
+        if !self.config.dry_run {
+            let mut claimed = done.clone();
+            claimed.extend(todo.iter().map(|(s, _)| s.name().to_owned()));
+            let won = claim_incident(&client, incident.as_ref(), &record(claimed), until)
+                .await
+                .map_err(kube_err("claim the pending-pods incident"))?;
+            if !won {
+                let summary = format!(
+                    "Another invocation is applying the fix of incident {}; nothing new to do.",
+                    report.incident_id
+                );
+                let publish = alarm.is_some();
+                return Ok(self.done(report, Outcome::Skipped, summary, publish).await);
+            }
+        }
+
         let mut applied = done.clone();
         let mut failure = None;
         for (step, reason) in todo {
@@ -401,18 +377,7 @@ impl PendingPods {
             });
         }
         if !self.config.dry_run {
-            let record = PendingIncident {
-                id: report.incident_id.clone(),
-                opened_at: incident
-                    .as_ref()
-                    .map(|i| i.opened_at)
-                    .unwrap_or_else(Utc::now),
-                pending_before: incident
-                    .as_ref()
-                    .map(|i| i.pending_before)
-                    .unwrap_or(decision.ip_related),
-                actions: applied,
-            };
+            let record = record(applied);
             if let Err(err) = write_incident(&client, Some(&record), until).await {
                 tracing::warn!(error = %err, "could not record the pending-pods incident");
             }
@@ -659,6 +624,51 @@ async fn read_incident(
             .and_then(|t| serde_json::from_str(t).ok())),
         Err(err) if status_code(&err) == Some(404) => Ok(None),
         Err(err) => Err(err),
+    }
+}
+
+/// Replaces the incident with `claimed` if it is still `expected` (what this invocation read);
+/// returns false when another invocation changed it first. Without an `aws-node` DaemonSet
+/// there is nowhere to keep the record, and the claim is granted.
+async fn claim_incident(
+    client: &Client,
+    expected: Option<&PendingIncident>,
+    claimed: &PendingIncident,
+    deadline: Instant,
+) -> Result<bool, kube::Error> {
+    let api: Api<DaemonSet> = Api::namespaced(client.clone(), "kube-system");
+    loop {
+        let ds = match retrying(deadline, || api.get(cni::DAEMON_SET)).await {
+            Ok(ds) => ds,
+            Err(err) if status_code(&err) == Some(404) => return Ok(true),
+            Err(err) => return Err(err),
+        };
+        let current: Option<PendingIncident> = ds
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ANNOTATION))
+            .and_then(|t| serde_json::from_str(t).ok());
+        if current.as_ref() == Some(claimed) {
+            // This invocation's own claim, whose answer was lost.
+            return Ok(true);
+        }
+        if current.as_ref() != expected {
+            return Ok(false);
+        }
+        let rv = ds.metadata.resource_version.clone().unwrap_or_default();
+        let path = format!("/metadata/annotations/{}", ANNOTATION.replace('/', "~1"));
+        let mut ops = vec![json!({"op": "test", "path": "/metadata/resourceVersion", "value": rv})];
+        if ds.metadata.annotations.is_none() {
+            ops.push(json!({"op": "add", "path": "/metadata/annotations", "value": {}}));
+        }
+        let text = serde_json::to_string(claimed).map_err(kube::Error::SerdeError)?;
+        ops.push(json!({"op": "add", "path": path, "value": text}));
+        match crate::nodes::patch_json(&api, cni::DAEMON_SET, ops, deadline).await {
+            Ok(()) => return Ok(true),
+            Err(err) if is_conflict(&err) && Instant::now() < deadline => continue,
+            Err(err) => return Err(err),
+        }
     }
 }
 

@@ -58,12 +58,12 @@ pub const AGENT_ADDON: &str = "eks-pod-identity-agent";
 /// The service principal a Pod Identity role must trust.
 pub const PODS_PRINCIPAL: &str = "pods.eks.amazonaws.com";
 
-/// Finds the add-on an event is about: by provisioner name in its source or message.
-pub fn addon_for(text: &str) -> &'static AddonIdentity {
+/// Finds the add-on an event is about, by provisioner name in its source or message; `None`
+/// for drivers eks-remedy does not know (they are left alone rather than guessed).
+pub fn addon_for(text: &str) -> Option<&'static AddonIdentity> {
     KNOWN_ADDONS
         .iter()
         .find(|a| a.provisioner.is_some_and(|p| text.contains(p)))
-        .unwrap_or(&KNOWN_ADDONS[0])
 }
 
 /// What a failure message says about credentials.
@@ -189,12 +189,13 @@ mod tests {
     #[test]
     fn events_map_to_their_addon() {
         assert_eq!(
-            addon_for("ebs.csi.aws.com_ebs-csi-controller-6d4b").addon,
-            "aws-ebs-csi-driver"
+            addon_for("ebs.csi.aws.com_ebs-csi-controller-6d4b").map(|a| a.addon),
+            Some("aws-ebs-csi-driver")
         );
         assert_eq!(
-            addon_for("efs.csi.aws.com_x").service_account,
-            "efs-csi-controller-sa"
+            addon_for("efs.csi.aws.com_x").map(|a| a.service_account),
+            Some("efs-csi-controller-sa")
         );
+        assert!(addon_for("csi.vendor.example_controller").is_none());
     }
 }

@@ -22,13 +22,13 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use crate::access::ClusterAccess;
-use crate::aws::{
-    AwsClients, AwsError, ClusterFacts, aws_err, describe_cluster, describe_instance,
-};
+use crate::aws::{AwsClients, AwsError, ClusterFacts, aws_err, describe_instance};
 use crate::cni::Version;
 use crate::config::Config;
-use crate::events::{EventError, is_alarm, parse_alarm, unwrap_deliveries};
-use crate::invocation::{HandlerError, InvocationResult, kube_err};
+use crate::events::{EventError, is_alarm, parse_alarm};
+use crate::invocation::{
+    Function, HandlerError, InvocationResult, admit_cluster, dispatch, kube_err,
+};
 use crate::nodes::{self, is_ready, retrying, status_code};
 use crate::report::{Notifier, Outcome, Report, StepResult};
 use identity::{
@@ -113,6 +113,21 @@ pub struct VolumeAttach {
     pub notifier: Notifier,
 }
 
+/// The add-on an event is about, from its reporter and message.
+fn addon_of(event: &Event) -> Option<&'static AddonIdentity> {
+    let text = format!(
+        "{} {} {}",
+        event
+            .source
+            .as_ref()
+            .and_then(|s| s.component.clone())
+            .unwrap_or_default(),
+        event.reporting_component.clone().unwrap_or_default(),
+        event.message.clone().unwrap_or_default()
+    );
+    identity::addon_for(&text)
+}
+
 /// When an event last happened, whichever API wrote it.
 fn event_time(e: &Event) -> Option<DateTime<Utc>> {
     let stamp = e
@@ -122,6 +137,20 @@ fn event_time(e: &Event) -> Option<DateTime<Utc>> {
         .or_else(|| e.event_time.as_ref().map(|t| t.0))
         .or_else(|| e.first_timestamp.as_ref().map(|t| t.0))?;
     DateTime::from_timestamp(stamp.as_second(), 0)
+}
+
+impl Function for VolumeAttach {
+    fn new(aws: AwsClients, access: ClusterAccess, config: Config) -> Self {
+        Self::new(aws, access, config)
+    }
+
+    async fn handle(
+        &self,
+        payload: &Value,
+        deadline: Option<Instant>,
+    ) -> Result<InvocationResult, HandlerError> {
+        self.handle(payload, deadline).await
+    }
 }
 
 impl VolumeAttach {
@@ -144,58 +173,15 @@ impl VolumeAttach {
         invocation_deadline: Option<Instant>,
     ) -> Result<InvocationResult, HandlerError> {
         let until = invocation_deadline.unwrap_or_else(|| Instant::now() + self.config.max_drain);
-        let mut result = InvocationResult::default();
-        let deliveries = if payload.get("cluster").is_some() {
-            vec![crate::events::Delivery {
-                message_id: None,
-                event: Ok(payload.clone()),
-            }]
-        } else {
-            match unwrap_deliveries(payload) {
-                Ok(d) => d,
-                Err(err) => {
-                    result.rejected.push(err.to_string());
-                    return Ok(result);
-                }
-            }
-        };
-        let batch = deliveries.iter().any(|d| d.message_id.is_some());
-        let mut first_error = None;
-        for delivery in deliveries {
-            let clusters = match delivery.event {
-                Ok(event) => self.clusters_for(&event).await,
-                Err(err) => Err(err),
-            };
-            let clusters = match clusters {
-                Ok(c) => c,
-                Err(err) => {
-                    tracing::warn!(error = %err, outcome = "rejected", "event rejected");
-                    result.rejected.push(err.to_string());
-                    continue;
-                }
-            };
-            for (cluster, why) in clusters {
-                match self.sweep(&cluster, &why, until).await {
-                    Ok(report) => result.reports.push(report),
-                    Err(err) => {
-                        tracing::error!(cluster = %cluster, error = %err, retryable = err.retryable(), "volume sweep failed");
-                        result.errors.push(err.to_string());
-                        if err.retryable() {
-                            match &delivery.message_id {
-                                Some(id) => result
-                                    .batch_item_failures
-                                    .push(json!({"itemIdentifier": id})),
-                                None => first_error = first_error.or(Some(err)),
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        match first_error {
-            Some(err) if !batch => Err(err),
-            _ => Ok(result),
-        }
+        dispatch(
+            payload,
+            Some("cluster"),
+            |event| async move { self.clusters_for(&event).await },
+            |(cluster, why): (String, String)| async move {
+                self.sweep(&cluster, &why, until).await.map(|r| vec![r])
+            },
+        )
+        .await
     }
 
     /// The clusters an event asks to sweep, with why.
@@ -365,39 +351,11 @@ impl VolumeAttach {
             event_id: why.to_owned(),
             ..Report::default()
         };
-        let facts = describe_cluster(&self.aws.eks, cluster).await?;
-        let allowed = self.config.clusters.allows(cluster)
-            || facts.as_ref().is_some_and(ClusterFacts::opted_in);
-        if !allowed {
-            return Ok(self
-                .done(
-                    report,
-                    Outcome::Ignored,
-                    format!(
-                        "cluster {cluster} is not in EKS_REMEDY_CLUSTERS and not tagged {}=true",
-                        crate::aws::OPT_IN_TAG
-                    ),
-                    false,
-                )
-                .await);
-        }
-        let cluster_facts = match (facts, &self.access) {
-            (Some(f), _) => f,
-            (None, ClusterAccess::Kubeconfig(_)) => ClusterFacts {
-                name: cluster.to_owned(),
-                ..ClusterFacts::default()
-            },
-            (None, ClusterAccess::Eks(_)) => {
-                return Ok(self
-                    .done(
-                        report,
-                        Outcome::Ignored,
-                        format!("cluster {cluster} is unknown to EKS"),
-                        false,
-                    )
-                    .await);
-            }
-        };
+        let cluster_facts =
+            match admit_cluster(&self.aws, &self.access, &self.config, cluster).await? {
+                Ok(facts) => facts,
+                Err(why) => return Ok(self.done(report, Outcome::Ignored, why, false).await),
+            };
         let client = self
             .access
             .client(
@@ -519,16 +477,12 @@ impl VolumeAttach {
             let Some(kind) = credential_failure(&message) else {
                 continue;
             };
-            let source = format!(
-                "{} {} {message}",
-                event
-                    .source
-                    .as_ref()
-                    .and_then(|s| s.component.clone())
-                    .unwrap_or_default(),
-                event.reporting_component.clone().unwrap_or_default()
-            );
-            let addon = identity::addon_for(&source);
+            let Some(addon) = addon_of(event) else {
+                f.notes.push(format!(
+                    "a credential failure from a driver eks-remedy does not know is left alone: {message}"
+                ));
+                continue;
+            };
             let entry = by_addon
                 .entry(addon.addon)
                 .or_insert((addon, BTreeSet::new(), kind));
@@ -538,7 +492,6 @@ impl VolumeAttach {
                 event.involved_object.name.clone().unwrap_or_default()
             ));
             entry.2 = entry.2.max_severity(kind);
-            let _ = &event;
         }
         for (addon, objects, kind) in by_addon.into_values() {
             let deployment = match retrying(until, || deployments.get(addon.deployment)).await {
@@ -566,6 +519,7 @@ impl VolumeAttach {
                 .iter()
                 .filter(|e| {
                     credential_failure(e.message.as_deref().unwrap_or_default()).is_some()
+                        && addon_of(e).is_some_and(|a| a.addon == addon.addon)
                         && restarted.is_none_or(|r| event_time(e).is_none_or(|t| t > r))
                 })
                 .collect();
@@ -980,6 +934,11 @@ impl VolumeAttach {
                 .persistent_volume_name
                 .clone()
                 .unwrap_or_default();
+            // Only attachments of volumes a pod failed to attach are touched: deleting one makes
+            // the attacher detach the volume, which must never hit a volume still in use.
+            if !held.contains(&pv) {
+                continue;
+            }
             if !node_names.contains(node) {
                 f.steps.push((
                     Step::DeleteVolumeAttachment { name: name.clone() },
@@ -990,7 +949,7 @@ impl VolumeAttach {
                 }
                 continue;
             }
-            if !held.contains(&pv) || tainted.contains(node) {
+            if tainted.contains(node) {
                 continue;
             }
             let node_obj = retrying(until, || nodes_api.get(node))
@@ -1013,10 +972,9 @@ impl VolumeAttach {
                     .unwrap_or_else(|| "terminated".into()),
                 None => "unknown".into(),
             };
-            if matches!(
-                state.as_str(),
-                "stopped" | "stopping" | "terminated" | "shutting-down"
-            ) {
+            // Only an instance that is really off: the taint force-deletes pods and detaches
+            // volumes at once, which corrupts file systems still being written.
+            if matches!(state.as_str(), "stopped" | "terminated") {
                 tainted.insert(node.clone());
                 f.steps.push((
                     Step::OutOfServiceTaint { node: node.clone() },
@@ -1215,13 +1173,15 @@ impl VolumeAttach {
             }
             Step::OutOfServiceTaint { node } => {
                 let nodes_api: Api<Node> = Api::all(client.clone());
-                nodes::add_taint(&nodes_api, node, &nodes::out_of_service_taint(), until)
-                    .await
-                    .map_err(|x| e(&x))?;
+                // Ownership first: a taint without it would never be removed by eks-remedy,
+                // while ownership without the taint is retried on the next sweep.
                 let patch = json!({"metadata": {"annotations": {TAINT_ANNOTATION: Utc::now().to_rfc3339()}}});
                 let params = PatchParams::default();
                 let patch = Patch::Merge(&patch);
                 retrying(until, || nodes_api.patch(node, &params, &patch))
+                    .await
+                    .map_err(|x| e(&x))?;
+                nodes::add_taint(&nodes_api, node, &nodes::out_of_service_taint(), until)
                     .await
                     .map_err(|x| e(&x))?;
                 Ok(format!("{node} tainted out-of-service"))
