@@ -209,6 +209,6 @@ async fn max_pods_reproduces_the_reference_table_from_ec2_instance_data() {
         false,
     )
     .await;
-    assert_ne!(code, 0);
+    assert_eq!(code, 2, "an unknown type is unusable input");
     assert!(stderr.contains("x9.nonexistent"), "{stderr}");
 }

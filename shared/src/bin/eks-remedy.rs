@@ -26,12 +26,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Runs one event (EventBridge, SQS batch or SNS notification JSON) through the
-    /// node-interruption handler and prints its reports as JSON.
+    /// Runs one event (EventBridge, an SQS batch, an SNS notification, or a direct request such
+    /// as {"cluster": "prod"}) through a function's handler and prints its reports as JSON.
+    /// Exit 0 when handled (also ignored or skipped), 1 when an event was rejected or failed,
+    /// 2 when the file or the configuration cannot be used.
     Replay {
         /// The event file; `-` reads standard input.
         event: PathBuf,
-        /// The function whose handler runs it; by default chosen from the event's kind.
+        /// The function whose handler runs it; by default chosen from the event's kind
+        /// (EC2 and Health events: node-interruption; CloudTrail, EBS notifications and
+        /// schedules: volume-attach; alarms and {"cluster": ...}: pending-pods).
         #[arg(long, value_enum)]
         function: Option<Function>,
         /// Decide and report, change nothing (overrides EKS_REMEDY_DRY_RUN).
@@ -43,6 +47,7 @@ enum Command {
     },
     /// Prints the VPC CNI's max pods for an instance type (DescribeInstanceTypes data).
     MaxPods {
+        /// The EC2 instance type, for example c5.xlarge.
         #[arg(long)]
         instance_type: String,
         /// With prefix delegation (ENABLE_PREFIX_DELEGATION=true).
@@ -111,6 +116,10 @@ async fn max_pods_command(instance_type: &str, mode: CniMode, json: bool) -> Exi
     let aws = AwsClients::from_env().await;
     let facts = match describe_instance_types(&aws.ec2, &[instance_type.to_owned()]).await {
         Ok(f) => f,
+        Err(err) if err.code.starts_with("InvalidInstanceType") => {
+            eprintln!("eks-remedy: EC2 does not know instance type {instance_type}: {err}");
+            return ExitCode::from(2);
+        }
         Err(err) => {
             eprintln!("eks-remedy: {err}");
             return ExitCode::FAILURE;
