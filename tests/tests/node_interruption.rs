@@ -176,12 +176,12 @@ async fn stopping_instance_is_drained_and_a_terminated_one_gets_the_out_of_servi
 
     let result = handler
         .handle(
-            &state_change(&world, &stopping.instance_id, "running", Utc::now()),
+            &state_change(&world, &terminated.instance_id, "pending", Utc::now()),
             None,
         )
         .await
         .unwrap();
-    assert_eq!(outcomes(&result), [Some(Outcome::Ignored)]);
+    assert_eq!(outcomes(&result), [Some(Outcome::Ignored)], "pending needs no action");
 }
 
 #[tokio::test]
