@@ -712,6 +712,10 @@ impl NodeInterruption {
                     ));
                 }
                 Ok(None) => return Ok("node gone".into()),
+                // The instance is gone: no drain to wait for (none may have started).
+                Ok(Some(i)) if i.level == Level::OutOfService => {
+                    return Ok("the instance is gone".into());
+                }
                 Ok(Some(_)) => {}
                 Err(e) => return Err(e.to_string()),
             }

@@ -5,6 +5,7 @@
 pub use kube::{KubeServer, Rbac, RequestRecord, SHIPPED_RBAC, ServerOptions, User};
 
 pub mod aws;
+pub mod fault_proxy;
 mod kube;
 pub mod runtime_api;
 pub mod world;

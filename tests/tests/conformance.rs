@@ -14,10 +14,12 @@
 //!   `<continue>`, and the random suffix of `kube-api-access-*` volumes by `<rand>`.
 //!
 //! Every file is replayed in order over HTTP against a fresh server that starts from the world
-//! as first recorded ([`SEED`]), so later exchanges see the effects of earlier ones as they did
-//! in the lab. The test compares the status code, those headers, and the whole body after the
-//! same normalisation at the same paths plus the few explicit ones in [`normalise`]. Every
-//! differing exchange is listed in one failure.
+//! as first recorded ([`SEED`]), or as it was when the file was recorded where earlier groups
+//! had changed it ([`LATER`]), so later exchanges see the effects of earlier ones as they did
+//! in the lab. What the lab changed between exchanges is applied where it happened
+//! ([`lab_change`], [`LAB_WRITES`]). The test compares the status code, those headers, and the
+//! whole body after the same normalisation at the same paths plus the few explicit ones in
+//! [`normalise`]. Every differing exchange is listed in one failure.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -37,10 +39,14 @@ const REPLAYED: &[&str] = &[
     "04-pods-by-node.json",
     "05-eviction.json",
     "06-delete.json",
+    "07-daemonset-env.json",
+    "08-deployment-restart.json",
     "09-volumeattachments.json",
+    "10-events.json",
     "11-auth.json",
     "12-concurrency.json",
     "13-pagination.json",
+    "15-rbac.json",
 ];
 
 const REVIEW_APIS: &str = "the review APIs of authentication.k8s.io and authorization.k8s.io \
@@ -48,25 +54,55 @@ const REVIEW_APIS: &str = "the review APIs of authentication.k8s.io and authoriz
     test server, and eks-remedy does not call them; the -after-binding ones would also need the \
     lab's bindings, which are not infra/k8s/rbac.yaml";
 
-/// Exchanges not replayed, by id prefix, and why.
-const SKIPPED: &[(&str, &str)] = &[
-    ("11-selfsubjectreview", REVIEW_APIS),
-    ("11-ssar-", REVIEW_APIS),
-    ("11-ssrr-", REVIEW_APIS),
+const SERVER_SIDE_APPLY: &str = "the test server does not implement server-side apply \
+    (application/apply-patch+yaml with a fieldManager): it keeps no managedFields, so it can \
+    neither find field-manager conflicts nor drop the fields an applier stops sending; it only \
+    answers the missing fieldManager (07c-ssa-no-field-manager is replayed). eks-remedy patches \
+    aws-node by strategic merge patch. The recorded result of each successful apply is written \
+    into the server in its place, so the exchanges after them see the lab's DaemonSet";
+
+const RBAC_OBJECTS: &str = "the test server does not serve rbac.authorization.k8s.io: its \
+    authorizer takes the roles and bindings from ServerOptions.rbac, which for this file is \
+    clusterrole-remediator.yaml, the manifest these four requests create";
+
+/// Exchanges not replayed, by id prefixes, and why. Skipped writes whose recorded results later
+/// exchanges depend on are carried over (see [`carry_over`]).
+const SKIPPED: &[(&[&str], &str)] = &[
     (
-        "13-continue-expired",
+        &[
+            "07c-ssa-restore-",
+            "07c-ssa-conflict",
+            "07c-ssa-same-value-",
+            "07c-ssa-force",
+            "07c-ssa-eks-reapply-",
+            "07c-ssa-dry-run",
+        ],
+        SERVER_SIDE_APPLY,
+    ),
+    (
+        &["11-selfsubjectreview", "11-ssar-", "11-ssrr-"],
+        REVIEW_APIS,
+    ),
+    (
+        &["13-continue-expired"],
         "its token predates an etcd compaction done by hand in the lab; the test server keeps \
          every revision, so no continue token expires (410 Expired)",
+    ),
+    (
+        &["15-create-clusterrole", "15-create-rolebinding-"],
+        RBAC_OBJECTS,
     ),
 ];
 
 /// The world every file starts from: the first recorded state of each object the replayed
 /// files read or write, from answers given before any replayed exchange changed it (`00-setup`
 /// is not replayed; it is the only record of two of the budgets). The groups were captured in
-/// the order 00, 01, 04, 13, 11, 12, 02, 03, 05, 06, 09, and what one changed is never read by
-/// a later one: nodes were changed and changed back (a label added and removed, cordons undone,
-/// the spot taint restored) except node 1's cordon and node 3's out-of-service taint, which no
-/// later replayed exchange reads; the pods 05 evicted are not those 06 deletes.
+/// the order 00, 01, 04, 13, 10, 11, 12, 02, 03, 05, 06, 07, 08, 09, the rest of 05, 15 (and the
+/// last three exchanges of 10, see [`LAB_WRITES`]), and what one changed is never read by a
+/// later one but 15 (see [`LATER`]): nodes were changed and changed back (a label added and
+/// removed, cordons undone, the spot taint restored) except node 1's cordon and node 3's
+/// out-of-service taint, which only 15 reads; the pods 05 evicted are not those 06 deletes; 07
+/// and 08 each change only their own workload.
 ///
 /// Seeding from the recordings brings the lab's own marks along (the OpenShift configMap in
 /// the projected service-account volume, the zone and region labels 1.36 admission copies onto
@@ -87,7 +123,79 @@ const SEED: &[(&str, &str)] = &[
     ("00-setup.json", "00-pdb-critical"),
     // Both VolumeAttachments.
     ("09-volumeattachments.json", "09-list-va"),
+    // The aws-node DaemonSet and the EBS CSI controller Deployment.
+    ("07-daemonset-env.json", "07-get-ds"),
+    ("08-deployment-restart.json", "08-get-deploy-before"),
+    // The events in shop, as written by the scheduler, kubelets and controllers.
+    ("10-events.json", "10-core-list"),
 ];
+
+/// A file recorded after earlier groups had changed what it reads: the states that replace the
+/// seeded ones (from answers given before the file changed them) and the objects gone by then.
+struct Later {
+    file: &'static str,
+    states: &'static [(&'static str, &'static str)],
+    /// (kind, namespace, name)
+    gone: &'static [(&'static str, &'static str, &'static str)],
+}
+
+/// 15 was recorded after 02, 03, 05 (with the disruption controller), 06, 07, 08 and 09.
+const LATER: &[Later] = &[Later {
+    file: "15-rbac.json",
+    states: &[
+        // Node 1 cordoned by 02, node 3 tainted out-of-service by 03.
+        ("15-rbac.json", "15-allowed-list-nodes"),
+        // web-…-7xkqp on node 1, evicted by 05 and Terminating since.
+        ("05-eviction.json", "05-get-evicted-pod"),
+        // Node 2, with web-…-m9zt6 evicted (Terminating) by the later part of 05.
+        ("15-rbac.json", "15-allowed-list-pods-on-node"),
+        // web-pdb, created by 05, and every budget's status from the disruption controller.
+        ("15-rbac.json", "15-allowed-list-pdbs"),
+        // After 07 and 08.
+        ("15-rbac.json", "15-allowed-get-daemonset-aws-node"),
+        ("15-rbac.json", "15-allowed-get-deployment-ebs-csi"),
+        // The event kube-controller-manager wrote about the pod under two budgets.
+        ("15-rbac.json", "15-allowed-list-events"),
+    ],
+    gone: &[
+        // Evicted with grace 0 or unscheduled by 05, deleted by 06.
+        ("Pod", "shop", "web-5d8f7c9b6d-b2r4n"),
+        ("Pod", "shop", "web-5d8f7c9b6d-wq8lz"),
+        ("Pod", "shop", "cache-7f9c6d5b8-zq2xk"),
+        ("Pod", "shop", "debug-shell"),
+        ("Pod", "shop", "db-migrate-x7p2k"),
+        // Both deleted by 09 (15 creates the second one again).
+        (
+            "VolumeAttachment",
+            "",
+            "csi-d4bb56d779ad11fcc56a7956b9e3d4658718e0eff28029333ab028094b51d305",
+        ),
+        (
+            "VolumeAttachment",
+            "",
+            "csi-b65b99d57a2329aa924e25d51aff26d8731992e1024a5a8040f7f21be9ab28f3",
+        ),
+    ],
+}];
+
+/// The object a skipped exchange left in the lab, when later exchanges read it: the recorded
+/// answer of a successful write of a resource the test server stores (not a dry run, not the
+/// RBAC objects it does not serve).
+fn carry_over(exchange: &Exchange) -> Option<&Value> {
+    let request = &exchange.request;
+    let writes = matches!(request.method.as_str(), "PATCH" | "PUT" | "POST");
+    let body = &exchange.response.body;
+    let stored = !body["apiVersion"]
+        .as_str()
+        .unwrap_or_default()
+        .starts_with("rbac.authorization.k8s.io/");
+    (writes
+        && stored
+        && (200..300).contains(&exchange.response.status)
+        && !request.query.contains_key("dryRun")
+        && body["metadata"]["name"].is_string())
+    .then_some(body)
+}
 
 /// What was changed in the lab between two exchanges, applied before the named exchange.
 fn lab_change(id: &str) -> Option<fn(&mut ServerOptions)> {
@@ -99,6 +207,29 @@ fn lab_change(id: &str) -> Option<fn(&mut ServerOptions)> {
         _ => None,
     }
 }
+
+/// How the lab was set up when a file was recorded, beyond [`lab_options`].
+fn file_options(file: &str, options: &mut ServerOptions) {
+    if file == "15-rbac.json" {
+        // kube-controller-manager ran the disruption controller, and the remediator's roles
+        // were those of clusterrole-remediator.yaml (created by the file's first exchanges).
+        options.disruption_controller = true;
+        let path = format!("{}/clusterrole-remediator.yaml", fixtures());
+        let yaml = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        options.rbac = Some(Arc::new(Rbac::from_yaml(&yaml).expect("RBAC manifest")));
+    }
+}
+
+/// Objects written in the lab between two exchanges by something the replay does not play:
+/// (before exchange, file, exchange whose answer holds the object, object name).
+const LAB_WRITES: &[(&str, &str, &str, &str)] = &[(
+    // The last three events.k8s.io exchanges of 10 were recorded after 15, when
+    // kube-controller-manager had written this event about the pod under two budgets.
+    "10-v1-fs-reportingcontroller",
+    "15-rbac.json",
+    "15-allowed-list-events",
+    "payments-7b8c9d6f4-k2w9s.18ee16e1d9496684",
+)];
 
 /// Response fields that are transient in the recording itself, by exchange: (id, path, why).
 const TRANSIENT: &[(&str, &str, &str)] = &[(
@@ -175,20 +306,25 @@ struct Replay {
 }
 
 impl Replay {
-    async fn start(seed: &[Value]) -> Self {
-        let server = KubeServer::start(lab_options())
-            .await
-            .expect("test API server");
+    async fn start(file: &str, seed: &[Value]) -> Self {
+        let mut options = lab_options();
+        file_options(file, &mut options);
+        let server = KubeServer::start(options).await.expect("test API server");
         let mut replay = Self {
             server,
             resource_versions: HashMap::new(),
             continue_tokens: HashMap::new(),
         };
         for object in seed {
-            let created = replay.server.create(object.clone());
-            replay.learn_resource_version(object, &created);
+            replay.write(object);
         }
         replay
+    }
+
+    /// Stores a recorded object as it is, as what the lab had at that point.
+    fn write(&mut self, object: &Value) {
+        let created = self.server.create(object.clone());
+        self.learn_resource_version(object, &created);
     }
 
     fn learn_resource_version(&mut self, recorded: &Value, ours: &Value) {
@@ -309,19 +445,24 @@ fn object_key(object: &Value) -> (String, String) {
     (text(&meta["namespace"]), text(&meta["name"]))
 }
 
-/// The objects of the seed exchanges' answers, typed (list items carry no kind of their own).
-fn seed_objects() -> Vec<Value> {
-    let mut files: HashMap<&str, Vec<Exchange>> = HashMap::new();
-    let mut objects = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    for (file, id) in SEED {
-        let exchanges = files.entry(file).or_insert_with(|| load(file));
-        let exchange = exchanges
+/// Recorded exchanges by file, each file read once.
+#[derive(Default)]
+struct Recordings(HashMap<String, Vec<Exchange>>);
+
+impl Recordings {
+    fn exchange(&mut self, file: &str, id: &str) -> &Exchange {
+        self.0
+            .entry(file.to_owned())
+            .or_insert_with(|| load(file))
             .iter()
-            .find(|e| e.id == *id)
-            .unwrap_or_else(|| panic!("seed exchange {id} not in {file}"));
-        let body = &exchange.response.body;
-        let found: Vec<Value> = match body["items"].as_array() {
+            .find(|e| e.id == id)
+            .unwrap_or_else(|| panic!("exchange {id} not in {file}"))
+    }
+
+    /// The objects of an exchange's answer, typed (list items carry no kind of their own).
+    fn objects(&mut self, file: &str, id: &str) -> Vec<Value> {
+        let body = &self.exchange(file, id).response.body;
+        match body["items"].as_array() {
             Some(items) => {
                 let kind = body["kind"].as_str().unwrap_or_default();
                 items
@@ -335,14 +476,52 @@ fn seed_objects() -> Vec<Value> {
                     .collect()
             }
             None => vec![body.clone()],
-        };
-        for object in found {
-            let kind = object["kind"].as_str().unwrap_or_default().to_owned();
-            if seen.insert((kind, object_key(&object))) {
+        }
+    }
+}
+
+fn typed_key(object: &Value) -> (String, String, String) {
+    let (namespace, name) = object_key(object);
+    let kind = object["kind"].as_str().unwrap_or_default().to_owned();
+    (kind, namespace, name)
+}
+
+/// The world a file starts from: the [`SEED`] objects (the first recorded state of each), with
+/// the file's [`LATER`] states in place of theirs and its gone objects left out.
+fn seed_objects(recordings: &mut Recordings, file: &str) -> Vec<Value> {
+    let mut objects: Vec<Value> = Vec::new();
+    let mut at: HashMap<(String, String, String), usize> = HashMap::new();
+    for (seed_file, id) in SEED {
+        for object in recordings.objects(seed_file, id) {
+            if let std::collections::hash_map::Entry::Vacant(e) = at.entry(typed_key(&object)) {
+                e.insert(objects.len());
                 objects.push(object);
             }
         }
     }
+    let Some(later) = LATER.iter().find(|l| l.file == file) else {
+        return objects;
+    };
+    for (state_file, id) in later.states {
+        for object in recordings.objects(state_file, id) {
+            match at.get(&typed_key(&object)) {
+                Some(&i) => objects[i] = object,
+                None => {
+                    at.insert(typed_key(&object), objects.len());
+                    objects.push(object);
+                }
+            }
+        }
+    }
+    let gone: Vec<(String, String, String)> = later
+        .gone
+        .iter()
+        .map(|(kind, namespace, name)| (kind.to_string(), namespace.to_string(), name.to_string()))
+        .collect();
+    for key in &gone {
+        assert!(at.contains_key(key), "{file}: nothing seeded is {key:?}");
+    }
+    objects.retain(|o| !gone.contains(&typed_key(o)));
     objects
 }
 
@@ -745,7 +924,7 @@ fn short(value: &Value) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn test_server_answers_as_recorded_kube_apiserver_exchanges() {
-    let seed = seed_objects();
+    let mut recordings = Recordings::default();
     let mut replayed = 0;
     let mut failures = Vec::new();
 
@@ -753,17 +932,31 @@ async fn test_server_answers_as_recorded_kube_apiserver_exchanges() {
 
     for file in REPLAYED {
         let exchanges = load(file);
-        let mut replay = Replay::start(&seed).await;
+        let seed = seed_objects(&mut recordings, file);
+        let mut replay = Replay::start(file, &seed).await;
         for exchange in &exchanges {
             if let Some(i) = SKIPPED
                 .iter()
-                .position(|(prefix, _)| exchange.id.starts_with(prefix))
+                .position(|(prefixes, _)| prefixes.iter().any(|p| exchange.id.starts_with(p)))
             {
                 skipped[i].push(exchange.id.clone());
+                if let Some(object) = carry_over(exchange) {
+                    replay.write(object);
+                }
                 continue;
             }
             if let Some(change) = lab_change(&exchange.id) {
                 replay.server.configure(change);
+            }
+            for (before, from_file, id, name) in LAB_WRITES {
+                if *before == exchange.id {
+                    let objects = recordings.objects(from_file, id);
+                    let object = objects
+                        .iter()
+                        .find(|o| o["metadata"]["name"] == *name)
+                        .unwrap_or_else(|| panic!("{name} not in the answer of {id}"));
+                    replay.write(object);
+                }
             }
 
             let answer = replay.send(exchange).await;
@@ -786,8 +979,13 @@ async fn test_server_answers_as_recorded_kube_apiserver_exchanges() {
     }
 
     let mut summary = Vec::new();
-    for ((prefix, why), ids) in SKIPPED.iter().zip(&skipped) {
-        assert!(!ids.is_empty(), "no recorded exchange {prefix}* to skip");
+    for ((prefixes, why), ids) in SKIPPED.iter().zip(&skipped) {
+        for prefix in *prefixes {
+            assert!(
+                ids.iter().any(|id| id.starts_with(prefix)),
+                "no recorded exchange {prefix}* to skip"
+            );
+        }
         summary.push(format!("{} — {why}", ids.join(", ")));
     }
     eprintln!(

@@ -181,7 +181,11 @@ async fn stopping_instance_is_drained_and_a_terminated_one_gets_the_out_of_servi
         )
         .await
         .unwrap();
-    assert_eq!(outcomes(&result), [Some(Outcome::Ignored)], "pending needs no action");
+    assert_eq!(
+        outcomes(&result),
+        [Some(Outcome::Ignored)],
+        "pending needs no action"
+    );
 }
 
 #[tokio::test]

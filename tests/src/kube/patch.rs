@@ -25,8 +25,8 @@ fn merge_key(path: &[String]) -> Option<&'static str> {
 }
 
 /// Strategic merge patch for the built-in types eks-remedy touches: maps merge, lists with a
-/// merge key merge item by item (new items go after the last patched neighbour's position,
-/// i.e. at the end), `null` deletes, other lists are replaced.
+/// merge key merge item by item and are then ordered as kube-apiserver orders them (see
+/// [`order_merged`]), `null` deletes, other lists are replaced.
 pub fn strategic(target: &mut Value, patch: &Value) {
     strategic_at(target, patch, &mut Vec::new());
 }
@@ -51,6 +51,7 @@ fn strategic_at(target: &mut Value, patch: &Value, path: &mut Vec<String>) {
         path.push(key.clone());
         match (merge_key(path), value, target_map.get_mut(key)) {
             (Some(mk), Value::Array(items), Some(Value::Array(existing))) => {
+                let original = existing.clone();
                 for item in items {
                     let id = item.get(mk).cloned();
                     match existing
@@ -61,6 +62,7 @@ fn strategic_at(target: &mut Value, patch: &Value, path: &mut Vec<String>) {
                         None => existing.push(item.clone()),
                     }
                 }
+                *existing = order_merged(std::mem::take(existing), items, &original, mk);
             }
             (_, Value::Object(_), Some(current)) if current.is_object() => {
                 strategic_at(current, value, path);
@@ -71,6 +73,43 @@ fn strategic_at(target: &mut Value, patch: &Value, path: &mut Vec<String>) {
         }
         path.pop();
     }
+}
+
+/// The order of a merged list with a merge key, as apimachinery's strategic merge gives it:
+/// the items the patch names keep the patch's order, the others keep the live order, and the
+/// two are interleaved by the live order where both items were live. So a new item lands right
+/// after the patch item before it: patching `B` and adding `X` to `[A, B, C]` gives
+/// `[A, B, X, C]`.
+fn order_merged(merged: Vec<Value>, patch: &[Value], original: &[Value], mk: &str) -> Vec<Value> {
+    let position = |list: &[Value], item: &Value| {
+        item.get(mk)
+            .and_then(|key| list.iter().position(|e| e.get(mk) == Some(key)))
+    };
+    let (mut patched, mut server_only): (Vec<Value>, Vec<Value>) = merged
+        .into_iter()
+        .partition(|item| position(patch, item).is_some());
+    patched.sort_by_key(|item| position(patch, item));
+    server_only.sort_by_key(|item| position(original, item));
+
+    let mut ordered = Vec::with_capacity(patched.len() + server_only.len());
+    let (mut left, mut right) = (
+        server_only.into_iter().peekable(),
+        patched.into_iter().peekable(),
+    );
+    loop {
+        let take_left = match (left.peek(), right.peek()) {
+            (Some(l), Some(r)) => matches!(
+                (position(original, l), position(original, r)),
+                (Some(li), Some(ri)) if li < ri
+            ),
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (None, None) => break,
+        };
+        let next = if take_left { left.next() } else { right.next() };
+        ordered.extend(next);
+    }
+    ordered
 }
 
 /// RFC 6902 JSON patch, with kube-apiserver's one leniency: `replace` of an absent field adds it.
@@ -111,6 +150,39 @@ mod tests {
             2
         );
         assert_eq!(ds["spec"]["taints"], json!([{"key": "b"}]));
+    }
+
+    #[test]
+    fn strategic_merge_inserts_new_items_after_their_patched_neighbour() {
+        let env = |names: &[&str]| -> Value {
+            names
+                .iter()
+                .map(|n| json!({"name": n, "value": "1"}))
+                .collect()
+        };
+        let mut ds = json!({"containers": [{"name": "aws-node", "env": env(&["WARM_ENI_TARGET",
+            "ENABLE_PREFIX_DELEGATION", "AWS_VPC_K8S_CNI_LOGLEVEL"])}, {"name": "agent"}]});
+        strategic(
+            &mut ds,
+            &json!({"containers": [{"name": "aws-node", "env":
+                env(&["ENABLE_PREFIX_DELEGATION", "WARM_PREFIX_TARGET"])}]}),
+        );
+        let names: Vec<&str> = ds["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "WARM_ENI_TARGET",
+                "ENABLE_PREFIX_DELEGATION",
+                "WARM_PREFIX_TARGET",
+                "AWS_VPC_K8S_CNI_LOGLEVEL"
+            ]
+        );
+        assert_eq!(ds["containers"][1]["name"], "agent");
     }
 
     #[test]

@@ -15,14 +15,17 @@ use chrono::{SecondsFormat, Utc};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
+use super::events;
 use super::gojson;
 use super::patch;
 use super::rbac::{Access, Rbac};
+use crate::fault_proxy::{FaultProxy, Faults, Upstream};
 
 /// The RBAC manifest eks-remedy ships: every test holds the functions to it.
 pub const SHIPPED_RBAC: &str = include_str!("../../../infra/k8s/rbac.yaml");
 use super::selectors::{LabelSelector, field_value, parse_fields};
 use super::status::{self, Answer};
+use super::workloads;
 
 /// An authenticated user.
 #[derive(Debug, Clone, PartialEq)]
@@ -61,6 +64,10 @@ pub struct ServerOptions {
     pub latency: Duration,
     /// RBAC for users outside `system:masters`; `None` allows every authenticated user.
     pub rbac: Option<Arc<Rbac>>,
+    /// Faults on the wire (throttling, server errors, resets, slow answers): when set at start,
+    /// clients reach the server through a [`FaultProxy`] that injects them and records every
+    /// request, faulted or not ([`KubeServer::exchanges`]).
+    pub faults: Option<Faults>,
 }
 
 impl Default for ServerOptions {
@@ -84,6 +91,7 @@ impl Default for ServerOptions {
             rbac: Some(Arc::new(
                 Rbac::from_yaml(SHIPPED_RBAC).expect("infra/k8s/rbac.yaml parses"),
             )),
+            faults: None,
         }
     }
 }
@@ -119,6 +127,7 @@ struct Shared {
 /// A running test API server.
 pub struct KubeServer {
     addr: SocketAddr,
+    front: Option<FaultProxy>,
     shared: Arc<Shared>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -164,6 +173,14 @@ const RESOURCES: &[ResourceType] = &[
     },
     ResourceType {
         group: "",
+        version: "v1",
+        resource: "events",
+        kind: "Event",
+        namespaced: true,
+    },
+    // The same Events, stored once (see `store_key`) and shown in the newer API's shape.
+    ResourceType {
+        group: events::GROUP,
         version: "v1",
         resource: "events",
         kind: "Event",
@@ -258,7 +275,27 @@ fn api_version(rt: &ResourceType) -> String {
 }
 
 fn store_key(rt: &ResourceType) -> String {
-    format!("{}/{}", rt.group, rt.resource)
+    // Events of both APIs are one resource in storage, kept as core/v1 Events.
+    let group = if rt.kind == "Event" { "" } else { rt.group };
+    format!("{group}/{}", rt.resource)
+}
+
+/// An object as stored: an Event of either API as kube-apiserver keeps core/v1 Events.
+fn stored(rt: &ResourceType, object: Value) -> Value {
+    if rt.kind == "Event" {
+        events::to_storage(object, rt.group == events::GROUP)
+    } else {
+        object
+    }
+}
+
+/// A stored object as `rt`'s API shows it (without kind and apiVersion).
+fn served(rt: &ResourceType, object: Value) -> Value {
+    if rt.kind == "Event" && rt.group == events::GROUP {
+        events::to_v1(&object)
+    } else {
+        object
+    }
 }
 
 fn now_rfc3339() -> String {
@@ -322,6 +359,17 @@ impl KubeServer {
     pub async fn start(options: ServerOptions) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
+        let front = match &options.faults {
+            Some(faults) => Some(
+                FaultProxy::start(
+                    &format!("http://{addr}"),
+                    Upstream::Kubernetes,
+                    faults.clone(),
+                )
+                .await?,
+            ),
+            None => None,
+        };
         let shared = Arc::new(Shared {
             world: Mutex::new(World::default()),
             options: Mutex::new(options),
@@ -346,14 +394,26 @@ impl KubeServer {
         };
         Ok(Self {
             addr,
+            front,
             shared,
             tasks: vec![server, controllers],
         })
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT`: the fault proxy's when faults are on.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        match &self.front {
+            Some(front) => front.url(),
+            None => format!("http://{}", self.addr),
+        }
+    }
+
+    /// Every request that reached the fault proxy, faulted or not (empty without faults).
+    pub fn exchanges(&self) -> Vec<crate::fault_proxy::Exchange> {
+        self.front
+            .as_ref()
+            .map(FaultProxy::exchanges)
+            .unwrap_or_default()
     }
 
     /// Changes the options of the running server. The built-in controllers then run once with
@@ -494,7 +554,8 @@ impl KubeServer {
     }
 }
 
-fn with_type(rt: &ResourceType, mut object: Value) -> Value {
+fn with_type(rt: &ResourceType, object: Value) -> Value {
+    let mut object = served(rt, object);
     if let Some(map) = object.as_object_mut() {
         let mut typed = serde_json::Map::new();
         typed.insert("kind".into(), json!(rt.kind));
@@ -518,7 +579,8 @@ fn without_type(mut object: Value) -> Value {
 }
 
 fn insert(world: &mut World, rt: &ResourceType, object: Value) -> Value {
-    let mut object = without_type(object);
+    let mut object = stored(rt, without_type(object));
+    workloads::set_template_generation(rt.kind, None, &mut object);
     world.rv += 1;
     let meta = object["metadata"].as_object_mut().expect("metadata");
     meta.entry("uid")
@@ -713,21 +775,23 @@ fn answer(
         "/readyz" | "/livez" | "/healthz" => return (Answer::with(200, json!("ok")), name),
         _ => {}
     }
-    let Some(target) = parse_path(path) else {
+    // Authorization comes first, also for resources this server does not serve (kube-apiserver
+    // answers 403 to a forbidden request before it looks the resource up).
+    let Some(info) = request_info(path) else {
         return (status::unknown_path(), name);
     };
-    let verb = verb_for(method, &target);
+    let verb = verb_for(method, info.name.is_some());
     let allowed = user.name != "system:anonymous"
         && options.rbac.as_ref().is_none_or(|rbac| {
             rbac.allows(
                 &user,
                 &Access {
                     verb,
-                    group: target.rt.group,
-                    resource: target.rt.resource,
-                    subresource: target.subresource.as_deref().unwrap_or(""),
-                    namespace: target.namespace.as_deref(),
-                    name: target.name.as_deref(),
+                    group: info.group,
+                    resource: info.resource,
+                    subresource: info.subresource.unwrap_or(""),
+                    namespace: info.namespace,
+                    name: info.name,
                 },
             )
         });
@@ -736,15 +800,18 @@ fn answer(
             status::forbidden(
                 &user.name,
                 verb,
-                target.rt.resource,
-                target.subresource.as_deref().unwrap_or(""),
-                target.rt.group,
-                target.namespace.as_deref(),
-                target.name.as_deref(),
+                info.resource,
+                info.subresource.unwrap_or(""),
+                info.group,
+                info.namespace,
+                info.name,
             ),
             name,
         );
     }
+    let Some(target) = parse_path(path) else {
+        return (status::unknown_path(), name);
+    };
     let request = Request {
         method,
         target,
@@ -759,8 +826,45 @@ fn answer(
     (route(&mut world, &options, request), name)
 }
 
-fn verb_for(method: &Method, target: &Target) -> &'static str {
-    match (method.as_str(), target.name.is_some()) {
+/// What a resource request names, whether or not this server serves the resource, as
+/// kube-apiserver's request info reads the path: `/api/v1/…` or `/apis/GROUP/VERSION/…`, then
+/// `namespaces/NS/` unless that is the namespace itself, then resource, name, subresource.
+struct RequestInfo<'a> {
+    group: &'a str,
+    namespace: Option<&'a str>,
+    resource: &'a str,
+    name: Option<&'a str>,
+    subresource: Option<&'a str>,
+}
+
+fn request_info(path: &str) -> Option<RequestInfo<'_>> {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, rest) = match parts.as_slice() {
+        ["api", _version, rest @ ..] => ("", rest),
+        ["apis", group, _version, rest @ ..] => (*group, rest),
+        _ => return None,
+    };
+    let (namespace, rest) = match rest {
+        ["namespaces", ns, more @ ..]
+            if !more.is_empty() && !matches!(more[0], "status" | "finalize") =>
+        {
+            (Some(*ns), more)
+        }
+        ["namespaces", ns, ..] => (Some(*ns), rest),
+        other => (None, other),
+    };
+    let (resource, more) = rest.split_first()?;
+    Some(RequestInfo {
+        group,
+        namespace,
+        resource,
+        name: more.first().copied(),
+        subresource: more.get(1).copied(),
+    })
+}
+
+fn verb_for(method: &Method, named: bool) -> &'static str {
+    match (method.as_str(), named) {
         ("GET", false) => "list",
         ("GET", true) => "get",
         ("POST", _) => "create",
@@ -828,21 +932,7 @@ fn field_label(rt: &ResourceType, field: &str) -> Result<String, String> {
             "status.podIP",
             "status.nominatedNodeName",
         ],
-        "Event" => &[
-            "metadata.name",
-            "metadata.namespace",
-            "involvedObject.kind",
-            "involvedObject.namespace",
-            "involvedObject.name",
-            "involvedObject.uid",
-            "involvedObject.apiVersion",
-            "involvedObject.resourceVersion",
-            "involvedObject.fieldPath",
-            "reason",
-            "reportingComponent",
-            "source",
-            "type",
-        ],
+        "Event" => return events::field_label(rt.group, field),
         "VolumeAttachment" => {
             return if matches!(field, "metadata.name" | "metadata.namespace") {
                 Ok(field.to_owned())
@@ -925,6 +1015,7 @@ fn list(
                         .as_bool()
                         .unwrap_or(false)
                         .to_string(),
+                    ("Event", field) => events::selectable(o, field),
                     _ => field_value(o, field),
                 };
                 (actual == *value) != *negated
@@ -938,7 +1029,7 @@ fn list(
         }
         scanned += 1;
         if selected(o) {
-            items.push((*o).clone());
+            items.push(served(rt, (*o).clone()));
         }
     }
 
@@ -1040,6 +1131,12 @@ fn patch_object(
     req: &Request<'_>,
 ) -> Answer {
     let ct = content_type(req.headers);
+    // Server-side apply is not implemented beyond this check (other applies get the 415 below).
+    if ct == "application/apply-patch+yaml"
+        && req.query.get("fieldManager").is_none_or(|m| m.is_empty())
+    {
+        return status::field_manager_required();
+    }
     if !matches!(
         ct.as_str(),
         "application/merge-patch+json"
@@ -1119,13 +1216,17 @@ fn commit_update(
     dry: bool,
 ) -> Answer {
     let name = k.2.clone();
-    let mut updated = without_type(updated);
+    let mut updated = stored(rt, without_type(updated));
     if rt.kind == "Node" {
         normalise_node(&mut updated);
         if let Err(answer) = validate_node(&name, &updated) {
             return answer;
         }
     }
+    if let Err(answer) = workloads::validate(rt.kind, rt.group, &name, &updated) {
+        return answer;
+    }
+    workloads::set_template_generation(rt.kind, Some(&current), &mut updated);
     if updated["metadata"]["name"] != current["metadata"]["name"]
         || updated["metadata"]["uid"] != current["metadata"]["uid"]
     {
@@ -1272,6 +1373,13 @@ fn create_object(
     // omit) until the disruption controller has seen it.
     if rt.kind == "PodDisruptionBudget" {
         body["status"] = json!({"disruptionsAllowed": 0, "currentHealthy": 0, "desiredHealthy": 0, "expectedPods": 0});
+    }
+    // A VolumeAttachment's status belongs to the attacher; it starts unattached.
+    if rt.kind == "VolumeAttachment" {
+        body["status"] = json!({"attached": false});
+    }
+    if let Err(answer) = workloads::validate(rt.kind, rt.group, &name, &body) {
+        return answer;
     }
     let created = insert(world, rt, body);
     Answer::with(201, created)

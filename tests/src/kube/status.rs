@@ -146,6 +146,22 @@ pub fn patch_rejected() -> Answer {
 /// 422 Invalid with field causes. The message lists each distinct cause once, while `causes`
 /// keeps them all (node taint validation reports each of its causes twice).
 pub fn invalid(kind: &str, name: &str, causes: Vec<(String, String, String)>) -> Answer {
+    invalid_in(kind, "", name, causes)
+}
+
+/// [`invalid`] for a kind of an API group: the message names `Kind.group`, and the details
+/// carry the group (and the name only when there is one).
+pub fn invalid_in(
+    kind: &str,
+    group: &str,
+    name: &str,
+    causes: Vec<(String, String, String)>,
+) -> Answer {
+    let qualified_kind = if group.is_empty() {
+        kind.to_owned()
+    } else {
+        format!("{kind}.{group}")
+    };
     let mut summary: Vec<String> = Vec::new();
     for (_, field, message) in &causes {
         let line = format!("{field}: {message}");
@@ -154,7 +170,7 @@ pub fn invalid(kind: &str, name: &str, causes: Vec<(String, String, String)>) ->
         }
     }
     let message = format!(
-        "{kind} \"{name}\" is invalid: {}",
+        "{qualified_kind} \"{name}\" is invalid: {}",
         if summary.len() == 1 {
             summary[0].clone()
         } else {
@@ -165,11 +181,27 @@ pub fn invalid(kind: &str, name: &str, causes: Vec<(String, String, String)>) ->
         .into_iter()
         .map(|(reason, field, message)| json!({"reason": reason, "message": message, "field": field}))
         .collect();
-    failure(
-        422,
-        "Invalid",
-        &message,
-        Some(json!({"name": name, "kind": kind, "causes": causes})),
+    let mut details = json!({"kind": kind, "causes": causes});
+    if !name.is_empty() {
+        details["name"] = json!(name);
+    }
+    if !group.is_empty() {
+        details["group"] = json!(group);
+    }
+    failure(422, "Invalid", &message, Some(details))
+}
+
+/// 422 for a server-side apply without the `fieldManager` it requires.
+pub fn field_manager_required() -> Answer {
+    invalid_in(
+        "PatchOptions",
+        "meta.k8s.io",
+        "",
+        vec![(
+            "FieldValueRequired".to_owned(),
+            "fieldManager".to_owned(),
+            "Required value: is required for apply patch".to_owned(),
+        )],
     )
 }
 
