@@ -199,11 +199,8 @@ fn apply(mut doc: Value, mutation: &Mutation) -> Value {
 /// An event made from a seed by a few mutations.
 fn mangled_event() -> impl Strategy<Value = Value> {
     let seeds = seeds();
-    (0..seeds.len(), prop::collection::vec(mutation(), 0..4)).prop_map(move |(i, mutations)| {
-        mutations
-            .iter()
-            .fold(seeds[i].clone(), |doc, m| apply(doc, m))
-    })
+    (0..seeds.len(), prop::collection::vec(mutation(), 0..4))
+        .prop_map(move |(i, mutations)| mutations.iter().fold(seeds[i].clone(), apply))
 }
 
 /// How a body travels as text: whole, cut short, or replaced by whatever.
@@ -249,7 +246,7 @@ fn payload() -> impl Strategy<Value = Value> {
                         "body": notification.to_string()}]})
                 }
             };
-            mutations.iter().fold(wrapped, |doc, m| apply(doc, m))
+            mutations.iter().fold(wrapped, apply)
         })
 }
 

@@ -86,13 +86,12 @@ fn drain_report(results: &[Result<InvocationResult, String>]) -> Report {
         .iter()
         .filter_map(|r| r.as_ref().ok())
         .flat_map(|r| r.reports.iter())
-        .filter(|r| {
+        .rfind(|r| {
             matches!(
                 r.outcome,
                 Some(Outcome::Drained | Outcome::PartiallyDrained)
             )
         })
-        .next_back()
         .cloned()
         .unwrap_or_else(|| panic!("no report ended a drain: {results:?}"))
 }
