@@ -43,20 +43,6 @@ struct Target {
 
 impl Function for NodeInterruption {
     fn new(aws: AwsClients, access: ClusterAccess, config: Config) -> Self {
-        Self::new(aws, access, config)
-    }
-
-    async fn handle(
-        &self,
-        payload: &Value,
-        deadline: Option<Instant>,
-    ) -> Result<InvocationResult, HandlerError> {
-        self.handle(payload, deadline).await
-    }
-}
-
-impl NodeInterruption {
-    pub fn new(aws: AwsClients, access: ClusterAccess, config: Config) -> Self {
         let notifier = Notifier::new(aws.sns.clone(), config.topic_arn.clone());
         Self {
             aws,
@@ -69,7 +55,7 @@ impl NodeInterruption {
     /// Handles one Lambda payload. `invocation_deadline` is when Lambda stops the invocation.
     /// Returns an error only when the whole payload is worth a retry; per-message failures of
     /// an SQS batch are listed in `batchItemFailures` instead.
-    pub async fn handle(
+    async fn handle(
         &self,
         payload: &Value,
         invocation_deadline: Option<Instant>,
@@ -89,7 +75,9 @@ impl NodeInterruption {
         )
         .await
     }
+}
 
+impl NodeInterruption {
     async fn handle_notice(
         &self,
         notice: &Notice,

@@ -7,6 +7,7 @@ use eks_remedy::access::ClusterAccess;
 use eks_remedy::aws::AwsClients;
 use eks_remedy::config::Config;
 use eks_remedy::interruption::NodeInterruption;
+use eks_remedy::invocation::Function;
 use serde_json::{Value, json};
 
 use crate::aws::{any_image, drain_queue, fresh_account};

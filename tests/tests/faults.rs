@@ -6,6 +6,7 @@
 //! until the queue's receive count for SQS), so the tests invoke again on an error the way
 //! Lambda would, and judge what the cluster, Auto Scaling and SNS show at the end.
 
+use eks_remedy::invocation::Function;
 use std::collections::BTreeSet;
 
 use chrono::Utc;

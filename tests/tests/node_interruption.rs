@@ -3,6 +3,7 @@
 
 use chrono::Utc;
 use eks_remedy::incident::ANNOTATION;
+use eks_remedy::invocation::Function;
 use eks_remedy::report::Outcome;
 use eks_remedy_tests::world::*;
 use serde_json::{Value, json};

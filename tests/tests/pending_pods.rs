@@ -2,6 +2,7 @@
 //! add-ons, node groups, EC2 instance types, SNS) and the Kubernetes test API server.
 
 use chrono::Utc;
+use eks_remedy::invocation::Function;
 use eks_remedy::report::Outcome;
 use eks_remedy_tests::world::*;
 use serde_json::{Value, json};

@@ -7,6 +7,7 @@
 //! what the handlers sent by kind: cordons, taints, incident records, evictions, lifecycle
 //! completions.
 
+use eks_remedy::invocation::Function;
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::Utc;

@@ -2,6 +2,7 @@
 //! the handler's log lines captured, and neither the EKS bearer token nor the AWS secret key
 //! nor the session token found in them, in what the handler returns, or in what it publishes.
 
+use eks_remedy::invocation::Function;
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 

@@ -1,6 +1,7 @@
 //! End to end: volume failures fixed by the volume-attach handler, against moto (EKS add-ons and
 //! Pod Identity associations, IAM, EC2) and the Kubernetes test API server.
 
+use eks_remedy::invocation::Function;
 use eks_remedy::report::Outcome;
 use eks_remedy_tests::world::*;
 use serde_json::json;

@@ -1,6 +1,7 @@
 //! `eks-remedy`: the operator CLI. `replay` runs one event through exactly a Lambda's handler;
 //! `max-pods` computes a node's pod limit from EC2's instance data.
 
+use eks_remedy::invocation::Function as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 

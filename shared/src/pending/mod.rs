@@ -158,20 +158,6 @@ pub struct PendingPods {
 
 impl Function for PendingPods {
     fn new(aws: AwsClients, access: ClusterAccess, config: Config) -> Self {
-        Self::new(aws, access, config)
-    }
-
-    async fn handle(
-        &self,
-        payload: &Value,
-        deadline: Option<Instant>,
-    ) -> Result<InvocationResult, HandlerError> {
-        self.handle(payload, deadline).await
-    }
-}
-
-impl PendingPods {
-    pub fn new(aws: AwsClients, access: ClusterAccess, config: Config) -> Self {
         let notifier = Notifier::new(aws.sns.clone(), config.topic_arn.clone());
         let iam = aws_sdk_iam::Client::new(&aws.sdk);
         Self {
@@ -184,7 +170,7 @@ impl PendingPods {
     }
 
     /// Handles one Lambda payload (an alarm event, possibly in SQS/SNS, or a direct request).
-    pub async fn handle(
+    async fn handle(
         &self,
         payload: &Value,
         invocation_deadline: Option<Instant>,
@@ -198,7 +184,9 @@ impl PendingPods {
         )
         .await
     }
+}
 
+impl PendingPods {
     async fn handle_request(
         &self,
         request: &Request,

@@ -141,20 +141,6 @@ fn event_time(e: &Event) -> Option<DateTime<Utc>> {
 
 impl Function for VolumeAttach {
     fn new(aws: AwsClients, access: ClusterAccess, config: Config) -> Self {
-        Self::new(aws, access, config)
-    }
-
-    async fn handle(
-        &self,
-        payload: &Value,
-        deadline: Option<Instant>,
-    ) -> Result<InvocationResult, HandlerError> {
-        self.handle(payload, deadline).await
-    }
-}
-
-impl VolumeAttach {
-    pub fn new(aws: AwsClients, access: ClusterAccess, config: Config) -> Self {
         let notifier = Notifier::new(aws.sns.clone(), config.topic_arn.clone());
         let iam = aws_sdk_iam::Client::new(&aws.sdk);
         Self {
@@ -167,7 +153,7 @@ impl VolumeAttach {
     }
 
     /// Handles one Lambda payload.
-    pub async fn handle(
+    async fn handle(
         &self,
         payload: &Value,
         invocation_deadline: Option<Instant>,
@@ -183,7 +169,9 @@ impl VolumeAttach {
         )
         .await
     }
+}
 
+impl VolumeAttach {
     /// The clusters an event asks to sweep, with why.
     async fn clusters_for(&self, event: &Value) -> Result<Vec<(String, String)>, EventError> {
         if let Some(cluster) = event

@@ -7,6 +7,7 @@
 //! Run it through `tests/demo.sh`, which starts moto on 127.0.0.1 first.
 
 use chrono::Utc;
+use eks_remedy::invocation::Function;
 use eks_remedy_tests::world::*;
 use serde_json::{Value, json};
 
