@@ -81,6 +81,16 @@ fn join(items: impl IntoIterator<Item = String>) -> String {
     v.join(", ")
 }
 
+/// The nodes' subnets and their free addresses, for reports.
+fn free_addresses(facts: &Facts) -> String {
+    join(
+        facts
+            .subnets
+            .iter()
+            .map(|s| format!("{} ({} free)", s.id, s.available)),
+    )
+}
+
 /// Decides what to do about the Pending pods in `facts`.
 pub fn decide(facts: &Facts, settings: Settings) -> Decision {
     let mut d = Decision::default();
@@ -119,12 +129,7 @@ pub fn decide(facts: &Facts, settings: Settings) -> Decision {
         decide_pod_eni(facts, settings, eni, &mut d);
     }
     if subnet > 0 {
-        let subnets = join(
-            facts
-                .subnets
-                .iter()
-                .map(|s| format!("{} ({} free)", s.id, s.available)),
-        );
+        let subnets = free_addresses(facts);
         d.blockers.push(format!(
             "{subnet} pods cannot get an address: the subnets are exhausted ({subnets})"
         ));
@@ -224,12 +229,7 @@ fn decide_capacity(facts: &Facts, settings: Settings, pending: u32, d: &mut Deci
     // contiguous /28, which EC2 then reports as InsufficientCidrBlocks on the nodes (diagnosed as
     // a subnet problem on the next run).
     if !facts.subnets.is_empty() && facts.subnets.iter().all(|s| s.available < PREFIX_SIZE) {
-        let subnets = join(
-            facts
-                .subnets
-                .iter()
-                .map(|s| format!("{} ({} free)", s.id, s.available)),
-        );
+        let subnets = free_addresses(facts);
         d.blockers.push(format!(
             "no subnet of the nodes has {PREFIX_SIZE} free addresses for a /28 prefix: {subnets}"
         ));
